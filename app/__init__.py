@@ -1,0 +1,8 @@
+"""HTTP service, CLI and web page of internvl-search: the only layer that reads the environment."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("internvl-search")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"

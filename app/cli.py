@@ -1,0 +1,93 @@
+"""The `internvl-search` command line: one typer app, each command a thin call into the layers below."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import typer
+
+from . import __version__
+from .settings import SettingsError, load_settings
+
+cli = typer.Typer(
+    name="internvl-search",
+    help="Vision embedding and retrieval with InternVL-C/G and open_clip encoders.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+config_cli = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
+cli.add_typer(config_cli, name="config")
+
+
+class CliError(Exception):
+    """A user mistake reported as one line on stderr with exit status 2."""
+
+
+@cli.command()
+def version() -> None:
+    """Print the installed version."""
+    typer.echo(__version__)
+
+
+@config_cli.command("show")
+def config_show(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """Print every setting (env prefix INTERNVL_SEARCH_) with secrets masked."""
+    values = load_settings().public_dict()
+    if as_json:
+        typer.echo(json.dumps(values, indent=2))
+        return
+    width = max(len(k) for k in values)
+    for key, value in values.items():
+        typer.echo(f"{key:<{width}}  {value}")
+
+
+@cli.command()
+def serve(
+    host: str | None = typer.Option(None, help="Bind address (default: INTERNVL_SEARCH_HOST or 127.0.0.1)."),
+    port: int | None = typer.Option(None, help="Port (default: INTERNVL_SEARCH_PORT or 8000)."),
+) -> None:
+    """Run the HTTP service."""
+    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    settings = load_settings(**overrides)
+    _serve(settings)
+
+
+@cli.command()
+def demo() -> None:
+    """Prepare the embedded defaults (data dir) and run the service: what `make run` does."""
+    settings = load_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    base = f"http://{settings.host}:{settings.port}"
+    typer.echo(
+        f"internvl-search {__version__}: data in {settings.data_dir.resolve()}\n"
+        f"  open   {base}/docs      (API documentation)\n"
+        f"  try    curl {base}/healthz\n"
+        f"         curl {base}/readyz\n"
+        "Stop with Ctrl-C."
+    )
+    _serve(settings)
+
+
+def _serve(settings) -> None:  # noqa: ANN001 - Settings, imported lazily with the app
+    import uvicorn
+
+    from .logs import configure_logging
+    from .main import create_app
+
+    configure_logging(settings.log_level, settings.log_format)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
+
+
+def main() -> None:
+    """Entry point: user mistakes become one clear line and exit status 2, never a traceback."""
+    try:
+        cli()
+    except (SettingsError, CliError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

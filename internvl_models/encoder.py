@@ -1,0 +1,117 @@
+"""The `Encoder` interface shared by every embedding back end (InternVL-C/G, open_clip).
+
+A back end supplies three pieces — how one PIL image becomes a pixel tensor, how a batch of pixels becomes
+features, how a batch of strings becomes features — and this base class does the rest the same way for all of
+them: batching, device and dtype placement, `torch.inference_mode`, L2 normalisation and float32 numpy output.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class EncoderInfo:
+    """What a collection records about the embedding space its vectors live in."""
+
+    name: str  # registry name, e.g. "internvl-c" or "openclip:ViT-B-32/laion2b_s34b_b79k"
+    dim: int
+    fingerprint: str  # changes whenever the weights change; vectors of two fingerprints never mix
+    image_size: int
+    logit_scale: float  # exp(learned temperature): multiplies cosine similarities before a softmax
+
+
+class Encoder(ABC):
+    """Turns images and texts into L2-normalised float32 vectors of one embedding space."""
+
+    def __init__(
+        self,
+        info: EncoderInfo,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+        image_batch_size: int = 32,
+        text_batch_size: int = 128,
+    ) -> None:
+        if image_batch_size < 1 or text_batch_size < 1:
+            raise ValueError("batch sizes must be >= 1")
+        self.info = info
+        self.device = device
+        self.dtype = dtype
+        self.image_batch_size = image_batch_size
+        self.text_batch_size = text_batch_size
+
+    # --- what a back end implements -------------------------------------------------------------------------
+    @abstractmethod
+    def preprocess_image(self, image: Image.Image) -> torch.Tensor:
+        """One PIL image (any mode) -> normalised pixels (3, S, S), float32 on the CPU. Safe to call from threads."""
+
+    @abstractmethod
+    def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) on self.device/self.dtype -> (B, dim) features, not necessarily normalised."""
+
+    @abstractmethod
+    def _text_features(self, texts: list[str]) -> torch.Tensor:
+        """A batch of strings -> (B, dim) features, not necessarily normalised."""
+
+    # --- shared behaviour ------------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def dim(self) -> int:
+        return self.info.dim
+
+    @property
+    def fingerprint(self) -> str:
+        return self.info.fingerprint
+
+    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """PIL images -> float32 (n, dim), unit rows."""
+        if len(images) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        out = []
+        for start in range(0, len(images), self.image_batch_size):
+            chunk = images[start : start + self.image_batch_size]
+            out.append(self.encode_pixels(torch.stack([self.preprocess_image(im) for im in chunk])))
+        return np.concatenate(out)
+
+    def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
+        """Already preprocessed pixels (B, 3, S, S) -> float32 (B, dim), unit rows; batches internally."""
+        if pixels.ndim != 4 or pixels.shape[1] != 3:
+            raise InputError(f"pixels must have shape (B, 3, H, W), got {tuple(pixels.shape)}")
+        out = []
+        with torch.inference_mode():
+            for start in range(0, pixels.shape[0], self.image_batch_size):
+                chunk = pixels[start : start + self.image_batch_size]
+                chunk = chunk.to(self.device, self.dtype, non_blocking=True)
+                out.append(_unit_rows(self._image_features(chunk)))
+        return np.concatenate(out)
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Strings in any language -> float32 (n, dim), unit rows."""
+        if isinstance(texts, str):
+            raise InputError("encode_texts takes a list of strings, not a single string")
+        if len(texts) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(texts), self.text_batch_size):
+                out.append(_unit_rows(self._text_features(list(texts[start : start + self.text_batch_size]))))
+        return np.concatenate(out)
+
+
+def _unit_rows(features: torch.Tensor) -> np.ndarray:
+    # Normalise in float32: in bf16 the norm of a 768-wide vector is only good to ~3 digits.
+    features = features.float()
+    features = features / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return features.cpu().numpy().astype(np.float32, copy=False)
