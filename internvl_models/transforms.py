@@ -1,0 +1,148 @@
+"""PIL image -> normalised pixel tensor, the way the official InternVL-C/G evaluation does it (INTERNVL.md B.7).
+
+Two pipelines, chosen by task (pitfall 8):
+
+* `retrieval_transform`: squash to S×S with bicubic resampling, no crop;
+* `classification_transform`: shorter side to S (bicubic), then centre-crop S×S.
+
+Both then scale to [0, 1] and normalise with ImageNet mean/std (not CLIP's). Before either, `to_rgb` turns an
+image of any Pillow mode into 8-bit RGB: EXIF orientation applied, transparency composited on white, 16-bit and
+float images rescaled instead of clipped, CMYK/YCbCr/LAB converted colorimetrically by Pillow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import ExifTags, Image, ImageOps
+from torchvision import transforms as T
+
+from .errors import InputError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# open_clip's OPENAI_DATASET_MEAN/STD, for callers that build a CLIP pipeline from these parts.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+Transform = Callable[[Image.Image], torch.Tensor]
+
+_ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
+_WIDE_MODES = {"I", "F"}  # 32-bit integer and float grey; "I;16*" modes are handled by prefix
+_WHITE = (255, 255, 255, 255)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow image -> an upright 8-bit RGB image; returns the input itself when it already is one.
+
+    Raises:
+        InputError: the object is not a Pillow image, its data cannot be decoded, or its mode has no RGB meaning.
+    """
+    if not isinstance(image, Image.Image):
+        raise InputError(f"expected a PIL image, got {type(image).__name__}")
+    try:
+        image.load()  # decode now, so a truncated file fails here with a clear error rather than mid-resize
+    except (OSError, ValueError, SyntaxError) as e:
+        raise InputError(f"cannot decode image: {e}") from e
+    image = _upright(image)
+    mode = image.mode
+    if mode == "RGB" and "transparency" not in image.info:
+        return image
+    if mode.startswith("I;16") or mode in _WIDE_MODES:
+        return _grey_to_8bit(image).convert("RGB")
+    if _has_alpha(image):
+        return _composite_on_white(image)
+    try:
+        return image.convert("RGB")
+    except ValueError as e:
+        raise InputError(f"cannot convert an image of mode {mode!r} to RGB: {e}") from e
+
+
+def retrieval_transform(
+    size: int, *, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> Transform:
+    """Image -> float32 (3, size, size): the whole image squashed to a square (InternVL retrieval evaluation)."""
+    _check_args(size, mean, std)
+    return _pipeline([T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC)], mean, std)
+
+
+def classification_transform(
+    size: int, *, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> Transform:
+    """Image -> float32 (3, size, size): shorter side resized to `size`, then the centre square."""
+    _check_args(size, mean, std)
+    resize = [T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size)]
+    return _pipeline(resize, mean, std)
+
+
+def _pipeline(resize: list[Callable], mean: Sequence[float], std: Sequence[float]) -> Transform:
+    # torchvision's Resize on a PIL image calls PIL's own resize, exactly as the official clip_benchmark code.
+    return T.Compose([to_rgb, *resize, T.ToTensor(), T.Normalize(tuple(mean), tuple(std))])
+
+
+def _check_args(size: int, mean: Sequence[float], std: Sequence[float]) -> None:
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"size must be a positive int, got {size!r}")
+    if len(mean) != 3 or len(std) != 3:
+        raise ValueError(f"mean and std need one value per RGB channel, got {mean!r} and {std!r}")
+    if any(s <= 0 for s in std):
+        raise ValueError(f"std values must be positive, got {std!r}")
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """Applies the EXIF orientation tag; phone photos are stored sideways and rely on it."""
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+        if orientation not in range(2, 9):
+            return image  # skip exif_transpose's copy for the usual upright image
+        return ImageOps.exif_transpose(image)
+    except Exception:
+        # Malformed EXIF is common in the wild (Pillow raises many types for it); the pixels are still usable.
+        return image
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    if image.mode in _ALPHA_MODES or "transparency" in image.info:
+        return True
+    # A palette can carry alpha per entry without a "transparency" key (e.g. some PNG and WebP decoders).
+    return image.mode == "P" and image.palette is not None and image.palette.mode == "RGBA"
+
+
+def _composite_on_white(image: Image.Image) -> Image.Image:
+    # Transparent regions are usually "background": black (Pillow's plain RGB convert) would invent dark content.
+    if image.mode == "La":
+        image = image.convert("LA")  # Pillow converts premultiplied "La" only to "LA"
+    rgba = image.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, _WHITE)
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def _grey_to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit, 32-bit integer or float grey -> "L", rescaled; Pillow's own convert would clip at 255."""
+    values = np.asarray(image).astype(np.float64)
+    if image.mode.startswith("I;16"):
+        values = values / 257.0  # the full 16-bit range onto 0..255 (65535 / 257 = 255)
+    else:
+        values = _wide_to_8bit_range(values, is_float=image.mode == "F")
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
+
+
+def _wide_to_8bit_range(values: np.ndarray, *, is_float: bool) -> np.ndarray:
+    # "I" and "F" do not say which range they use, so infer it from the data: the common conventions first
+    # (float in 0..1, integers in 0..255 or 0..65535), a min-max stretch for anything else.
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return np.zeros_like(values)
+    lo, hi = float(finite.min()), float(finite.max())
+    values = np.nan_to_num(values, nan=lo, posinf=hi, neginf=lo)
+    if is_float and lo >= 0.0 and hi <= 1.0:
+        return values * 255.0
+    if lo >= 0.0 and hi <= 255.0:
+        return values
+    if not is_float and lo >= 0.0 and hi <= 65535.0:
+        return values / 257.0
+    if hi == lo:
+        return np.zeros_like(values)
+    return (values - lo) / (hi - lo) * 255.0
