@@ -10,12 +10,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 from PIL import Image
 
 from .errors import InputError
+
+Purpose = Literal["retrieval", "classification"]
 
 
 @dataclass(frozen=True)
@@ -51,8 +54,12 @@ class Encoder(ABC):
 
     # --- what a back end implements -------------------------------------------------------------------------
     @abstractmethod
-    def preprocess_image(self, image: Image.Image) -> torch.Tensor:
-        """One PIL image (any mode) -> normalised pixels (3, S, S), float32 on the CPU. Safe to call from threads."""
+    def preprocess_image(self, image: Image.Image, purpose: Purpose = "retrieval") -> torch.Tensor:
+        """One PIL image (any mode) -> normalised pixels (3, S, S), float32 on the CPU. Safe to call from threads.
+
+        `purpose` picks the geometry where a model was evaluated with two: InternVL squashes the whole image for
+        retrieval and centre-crops for classification.
+        """
 
     @abstractmethod
     def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -75,14 +82,14 @@ class Encoder(ABC):
     def fingerprint(self) -> str:
         return self.info.fingerprint
 
-    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+    def encode_images(self, images: Sequence[Image.Image], purpose: Purpose = "retrieval") -> np.ndarray:
         """PIL images -> float32 (n, dim), unit rows."""
         if len(images) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         out = []
         for start in range(0, len(images), self.image_batch_size):
             chunk = images[start : start + self.image_batch_size]
-            out.append(self.encode_pixels(torch.stack([self.preprocess_image(im) for im in chunk])))
+            out.append(self.encode_pixels(torch.stack([self.preprocess_image(im, purpose) for im in chunk])))
         return np.concatenate(out)
 
     def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:

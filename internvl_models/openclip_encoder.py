@@ -16,8 +16,9 @@ import open_clip
 import torch
 from PIL import Image
 
-from .encoder import Encoder, EncoderInfo
-from .errors import CheckpointError, ModelError, UnknownModelError
+from .device import resolve_device, resolve_dtype
+from .encoder import Encoder, EncoderInfo, Purpose
+from .errors import CheckpointError, UnknownModelError
 from .transforms import to_rgb
 
 DEFAULT_SEED = 0
@@ -53,8 +54,8 @@ class OpenCLIPEncoder(Encoder):
         cache_dir: str | Path | None = None,
     ) -> None:
         arch, tag, weights = _parse_spec(spec)
-        device = _resolve_device(device)
-        dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        device = resolve_device(device)
+        dtype = resolve_dtype(dtype, device)
         model, preprocess = _build_model(arch, tag, weights, seed=seed, cache_dir=cache_dir)
         # The temperature is read before any cast: exp() of a bf16 logit_scale loses about 1% of its value.
         logit_scale = float(model.logit_scale.detach().float().exp().item())
@@ -73,9 +74,10 @@ class OpenCLIPEncoder(Encoder):
             info, device=device, dtype=dtype, image_batch_size=image_batch_size, text_batch_size=text_batch_size
         )
 
-    def preprocess_image(self, image: Image.Image) -> torch.Tensor:
+    def preprocess_image(self, image: Image.Image, purpose: Purpose = "retrieval") -> torch.Tensor:
         # Our to_rgb first: open_clip's own convert("RGB") turns transparency black, clips 16-bit images and
-        # ignores EXIF orientation. The rest (resize mode, interpolation, mean/std) is the pretrained tag's own.
+        # ignores EXIF orientation. The rest (resize mode, interpolation, mean/std) is the pretrained tag's own,
+        # which open_clip uses for retrieval and classification alike, so `purpose` changes nothing here.
         return self._preprocess(to_rgb(image)).float()
 
     def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -106,18 +108,6 @@ def _parse_spec(spec: str) -> tuple[str, str | None, Path | None]:
             f"Tags of {arch}: {', '.join(tags) if tags else 'none'}"
         )
     return arch, None, path.resolve()
-
-
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ModelError(f"invalid device {device!r}; use 'auto', 'cpu' or 'cuda[:N]'") from e
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError(f"device {device!r} requested but CUDA is not available; use 'auto' or 'cpu'")
-    return resolved
 
 
 def _build_model(arch: str, tag: str | None, weights: Path | None, *, seed: int, cache_dir: str | Path | None):
