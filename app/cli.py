@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import typer
 
@@ -41,6 +42,67 @@ def config_show(as_json: bool = typer.Option(False, "--json", help="Print JSON i
     width = max(len(k) for k in values)
     for key, value in values.items():
         typer.echo(f"{key:<{width}}  {value}")
+
+
+@cli.command()
+def embed(
+    images: list[Path] = typer.Argument(None, help="Image files to embed (one row each, in order)."),
+    text: list[str] = typer.Option(None, "--text", "-t", help="A text to embed; repeat for several."),
+    texts_file: Path | None = typer.Option(None, help="A UTF-8 file with one text per line."),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the float32 (n, dim) .npy array."),
+    encoder: str | None = typer.Option(None, help="Encoder name (default: INTERNVL_SEARCH_ENCODER)."),
+    checkpoint: str | None = typer.Option(
+        None, help="Hub id or local dir (default: INTERNVL_SEARCH_ENCODER_CHECKPOINT)."
+    ),
+) -> None:
+    """Embed texts (any language) or image files into L2-normalised vectors saved as .npy."""
+    texts = list(text or [])
+    if texts_file is not None:
+        texts += _read_lines(texts_file)
+    if bool(texts) == bool(images):
+        raise CliError("give either image files or texts (--text/--texts-file), not both and not neither")
+    settings = load_settings()
+    model = _create_encoder(settings, encoder, checkpoint)
+    vectors = model.encode_texts(texts) if texts else model.encode_images([_open_image(p) for p in images])
+    import numpy as np
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, vectors)
+    typer.echo(f"wrote {vectors.shape[0]} x {vectors.shape[1]} vectors ({model.name}) to {out}")
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"cannot read texts file {path}: {exc}") from None
+
+
+def _open_image(path: Path):  # noqa: ANN202 - PIL.Image.Image, imported lazily
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
+        raise CliError(f"cannot read image {path}: {exc}") from None
+
+
+def _create_encoder(settings, name: str | None, checkpoint: str | None):  # noqa: ANN001, ANN202
+    from internvl_models import ModelError, create_encoder
+
+    try:
+        return create_encoder(
+            name or settings.encoder,
+            checkpoint or settings.encoder_checkpoint,
+            device=settings.device,
+            dtype=settings.dtype,
+            image_batch_size=settings.image_batch_size,
+            text_batch_size=settings.text_batch_size,
+        )
+    except ModelError as exc:
+        raise CliError(str(exc)) from None
 
 
 @cli.command()

@@ -1,0 +1,18 @@
+"""internvl_models: InternVL-C/G and open_clip encoders as a library (no HTTP, SQL or FAISS in here)."""
+
+from .encoder import Encoder, EncoderInfo
+from .errors import CheckpointError, InputError, ModelError, UnknownModelError
+from .registry import create_encoder, describe_encoders, list_encoders, register_encoder
+
+__all__ = [
+    "CheckpointError",
+    "Encoder",
+    "EncoderInfo",
+    "InputError",
+    "ModelError",
+    "UnknownModelError",
+    "create_encoder",
+    "describe_encoders",
+    "list_encoders",
+    "register_encoder",
+]

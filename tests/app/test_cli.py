@@ -64,3 +64,46 @@ def test_bad_setting_is_one_clear_line_and_exit_2(command: list[str]) -> None:
 def test_unknown_command_fails() -> None:
     result = run_cli("no-such-command")
     assert result.returncode != 0
+
+
+def test_embed_texts_and_images(tmp_path: Path) -> None:
+    import numpy as np
+    from factories import make_tiny_internvl_checkpoint
+    from PIL import Image
+
+    checkpoint = make_tiny_internvl_checkpoint(tmp_path / "ckpt")
+    common = ["--encoder", "internvl-c", "--checkpoint", str(checkpoint)]
+    out = tmp_path / "texts.npy"
+    result = run_cli("embed", "--text", "a red star", "-t", "红色的星星", "-o", str(out), *common)
+    assert result.returncode == 0, result.stderr
+    vectors = np.load(out)
+    assert vectors.shape == (2, 16) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+
+    paths = []
+    for i, colour in enumerate(["red", "blue", "green"]):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (30 + i, 40), colour).save(paths[-1])
+    result = run_cli("embed", *map(str, paths), "-o", str(tmp_path / "images.npy"), *common)
+    assert result.returncode == 0, result.stderr
+    assert np.load(tmp_path / "images.npy").shape == (3, 16)
+
+
+def test_embed_reports_user_mistakes_in_one_line(tmp_path: Path) -> None:
+    from factories import make_tiny_internvl_checkpoint
+
+    checkpoint = make_tiny_internvl_checkpoint(tmp_path / "ckpt")
+    common = ["-o", str(tmp_path / "x.npy"), "--checkpoint", str(checkpoint)]
+    not_an_image = tmp_path / "fake.jpg"
+    not_an_image.write_text("hello")
+    cases = {
+        "cannot read image": ["embed", str(not_an_image), *common],
+        "not both": ["embed", str(not_an_image), "--text", "x", *common],
+        "Unknown encoder": ["embed", "--text", "x", "--encoder", "nope", *common],
+        "config.json": ["embed", "--text", "x", "-o", str(tmp_path / "x.npy"), "--checkpoint", str(tmp_path)],
+    }
+    for expected, args in cases.items():
+        result = run_cli(*args)
+        assert result.returncode == 2, (expected, result.stderr)
+        assert expected.lower() in result.stderr.lower(), (expected, result.stderr)
+        assert "Traceback" not in result.stderr
