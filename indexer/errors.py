@@ -1,0 +1,46 @@
+"""Errors raised by the engine on purpose.
+
+`app/errors.py` maps each class to one HTTP status, so the class says *what kind* of failure it is and the message
+says what to do about it (valid options, the command to run). Nothing here knows about HTTP.
+"""
+
+
+class IndexerError(Exception):
+    """Base class of every error the engine raises on purpose."""
+
+
+class NotFound(IndexerError):
+    """A collection, image or job that does not exist."""
+
+
+class Conflict(IndexerError):
+    """The request clashes with existing state: a duplicate name, a model-fingerprint mismatch, a bad state change."""
+
+
+class InvalidInput(IndexerError):
+    """Input the engine refuses: an unknown option, a malformed filter, vectors of the wrong shape."""
+
+
+class Busy(IndexerError):
+    """The engine cannot take the request now; the caller should retry after `retry_after_s` seconds."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = float(retry_after_s)
+
+
+class SchemaNotCurrent(IndexerError):
+    """The database schema revision differs from the one this code was written for."""
+
+    def __init__(self, message: str, current: tuple[str, ...], expected: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.current = current
+        self.expected = expected
+
+
+class CorruptData(IndexerError):
+    """A file on disk (embedding shard, saved index) is truncated or does not match its checksum."""
+
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__(message)
+        self.path = path

@@ -1,0 +1,367 @@
+"""Machinery shared by the FAISS back ends: input checks, filtered search with escalation, and persistence.
+
+A store holds L2-normalised float32 vectors under int64 ids (the catalog's image ids) and ranks by inner product.
+Each back end supplies the FAISS index and a ladder of search "efforts" (efSearch for HNSW, nprobe for IVF); a
+filtered search climbs the ladder until every query has k results, because an approximate index searched with a
+restrictive filter may otherwise return fewer than k even though k allowed vectors exist.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import tempfile
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import faiss
+import numpy as np
+
+from indexer.errors import Conflict, CorruptData, InvalidInput
+
+# Below this many candidate vectors a filtered search scores them directly (exact, and cheaper than walking a
+# graph or scanning every vector with a selector); only back ends that can reconstruct vectors do this.
+BRUTE_FORCE_MAX = 8192
+_BRUTE_FORCE_BLOCK = 65_536
+_FILE_MAGIC = b"IVSSTORE"
+_FILE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Per query, the k best ids and their inner-product scores, best first.
+
+    Rows with fewer than k hits (fewer than k vectors, or fewer than k allowed) are padded with id -1 and
+    score -inf.
+    """
+
+    ids: np.ndarray  # int64 (nq, k)
+    scores: np.ndarray  # float32 (nq, k)
+
+
+def check_vectors(vectors: Any, dim: int, what: str = "vectors") -> np.ndarray:
+    """Return `vectors` as C-contiguous float32 (n, dim), or raise InvalidInput."""
+    array = np.ascontiguousarray(vectors, dtype=np.float32)
+    if array.ndim != 2 or array.shape[1] != dim:
+        raise InvalidInput(f"{what} must have shape (n, {dim}), got {array.shape}")
+    if not np.isfinite(array).all():
+        raise InvalidInput(f"{what} contain NaN or infinite values")
+    return array
+
+
+def as_id_array(ids: Any) -> np.ndarray:
+    """Any collection of ids (array, list, set, range) as a 1-D int64 array."""
+    if isinstance(ids, set | frozenset):
+        return np.fromiter(ids, dtype=np.int64, count=len(ids))
+    return np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+
+
+def check_ids(ids: Any, n: int | None = None) -> np.ndarray:
+    """Return `ids` as a 1-D int64 array of distinct non-negative ids (-1 is FAISS's 'no result')."""
+    array = as_id_array(ids)
+    if n is not None and len(array) != n:
+        raise InvalidInput(f"got {len(array)} ids for {n} vectors")
+    if array.size and array.min() < 0:
+        raise InvalidInput("ids must be non-negative")
+    if len(np.unique(array)) != len(array):
+        raise InvalidInput("ids must be distinct within one call")
+    return array
+
+
+def sorted_contains(sorted_ids: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Boolean mask of `values` found in the sorted array; O(len(values)·log n), unlike np.isin's full sort."""
+    if not len(sorted_ids):
+        return np.zeros(len(values), dtype=bool)
+    at = np.minimum(np.searchsorted(sorted_ids, values), len(sorted_ids) - 1)
+    return sorted_ids[at] == values
+
+
+def empty_result(nq: int, k: int) -> SearchResult:
+    return SearchResult(np.full((nq, k), -1, dtype=np.int64), np.full((nq, k), -np.inf, dtype=np.float32))
+
+
+def top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> SearchResult:
+    """Best k per row of a (nq, m) score matrix whose columns belong to `ids` (per row or shared)."""
+    nq, m = scores.shape
+    result = empty_result(nq, k)
+    if m == 0:
+        return result
+    take = min(k, m)
+    part = np.argpartition(-scores, take - 1, axis=1)[:, :take] if take < m else np.tile(np.arange(m), (nq, 1))
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-part_scores, axis=1, kind="stable")
+    cols = np.take_along_axis(part, order, axis=1)
+    chosen = np.take_along_axis(ids, cols, axis=1) if ids.ndim == 2 else ids[cols]
+    result.ids[:, :take] = chosen
+    result.scores[:, :take] = np.take_along_axis(scores, cols, axis=1)
+    # Candidates that were themselves padding (-1) stay padding.
+    result.scores[result.ids < 0] = -np.inf
+    return result
+
+
+class FaissStore:
+    """Base of the FAISS-backed stores. Subclasses set `kind`/`exact` and implement the hooks marked below."""
+
+    kind: ClassVar[str]
+    exact: ClassVar[bool]
+    # HNSW graphs cannot drop nodes; such stores hide removed ids behind a tombstone set until a rebuild.
+    removes_in_place: ClassVar[bool] = True
+    # Flat and HNSW-Flat keep exact vectors and can hand them back for brute-force scoring.
+    can_reconstruct: ClassVar[bool] = True
+
+    def __init__(self, dim: int, params: Mapping[str, Any] | None = None) -> None:
+        if not isinstance(dim, int) or dim <= 0:
+            raise InvalidInput(f"dim must be a positive integer, got {dim!r}")
+        self.dim = dim
+        self.params: dict[str, Any] = dict(params or {})
+        self.version = 0
+        self._index: faiss.Index | None = None
+        self._ids = np.empty(0, dtype=np.int64)  # sorted live ids
+        self._tombstones = np.empty(0, dtype=np.int64)  # sorted; only when not removes_in_place
+        self._lock = threading.RLock()
+
+    # --- hooks ------------------------------------------------------------------------------------------------
+
+    def _build_index(self, vectors: np.ndarray) -> faiss.Index:
+        """Create (and train, if needed) the empty index; `vectors` is the first batch, for training and sizing."""
+        raise NotImplementedError
+
+    def _search_params(self, selector: faiss.IDSelector | None, effort: int, k: int) -> faiss.SearchParameters | None:
+        """Search parameters at rung `effort` of the ladder (0 = normal)."""
+        return faiss.SearchParameters(sel=selector) if selector is not None else None
+
+    def _max_effort(self) -> int:
+        return 0
+
+    def _index_search(self, queries: np.ndarray, k: int, params) -> tuple[np.ndarray, np.ndarray]:
+        scores, ids = self._index.search(queries, k, params=params)
+        return scores, ids
+
+    def _extra_sections(self) -> dict[str, bytes]:
+        return {}
+
+    def _load_extra_sections(self, sections: Mapping[str, memoryview]) -> None:
+        return None
+
+    # --- public API ---------------------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def ids(self) -> np.ndarray:
+        """Sorted int64 ids of the live vectors (for reconciliation with the catalog)."""
+        with self._lock:
+            return self._ids.copy()
+
+    @property
+    def removed_fraction(self) -> float:
+        """Share of stored vectors that are tombstones; past ~0.2 a rebuild pays for itself."""
+        total = len(self._ids) + len(self._tombstones)
+        return len(self._tombstones) / total if total else 0.0
+
+    def add(self, ids: Any, vectors: Any) -> int:
+        """Add vectors under `ids`; ids already present are skipped (idempotent). Returns how many were added."""
+        vectors = check_vectors(vectors, self.dim)
+        ids = check_ids(ids, len(vectors))
+        with self._lock:
+            if sorted_contains(self._tombstones, ids).any():
+                raise Conflict(f"ids were removed from this {self.kind} index and cannot be re-added before a rebuild")
+            fresh = ~sorted_contains(self._ids, ids)
+            ids, vectors = ids[fresh], vectors[fresh]
+            if not len(ids):
+                return 0
+            if self._index is None:
+                self._index = self._build_index(vectors)
+            self._add_to_index(ids, vectors)
+            self._ids = np.union1d(self._ids, ids)
+            self._changed()
+            return len(ids)
+
+    def _add_to_index(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        self._index.add_with_ids(vectors, ids)
+
+    def remove(self, ids: Any) -> int:
+        """Remove vectors by id; unknown ids are ignored. Returns how many were removed."""
+        ids = np.unique(as_id_array(ids))
+        with self._lock:
+            present = ids[sorted_contains(self._ids, ids)]
+            if not len(present):
+                return 0
+            if self.removes_in_place:
+                self._remove_from_index(present)
+            else:
+                self._tombstones = np.union1d(self._tombstones, present)
+            self._ids = np.setdiff1d(self._ids, present, assume_unique=True)
+            self._changed()
+            return len(present)
+
+    def _remove_from_index(self, ids: np.ndarray) -> None:
+        self._index.remove_ids(faiss.IDSelectorBatch(ids))
+
+    def _changed(self) -> None:
+        """Called after every add/remove (the GPU copy of a flat index goes stale, for one)."""
+
+    def search(self, queries: Any, k: int, allowed_ids: Any = None) -> SearchResult:
+        """The k best vectors per query by inner product, restricted to `allowed_ids` when given.
+
+        With a filter, every query still gets min(k, number of allowed vectors in the store) results.
+        """
+        queries = check_vectors(queries, self.dim, "queries")
+        if not isinstance(k, int) or k <= 0:
+            raise InvalidInput(f"k must be a positive integer, got {k!r}")
+        with self._lock:
+            candidates = self._ids
+            if allowed_ids is not None:
+                allowed = np.unique(as_id_array(allowed_ids))
+                candidates = allowed[sorted_contains(self._ids, allowed)]
+            if not len(candidates):
+                return empty_result(len(queries), k)
+            if allowed_ids is not None and self.can_reconstruct and len(candidates) <= BRUTE_FORCE_MAX:
+                return self._brute_force(queries, candidates, k)
+            selector = self._selector(candidates if allowed_ids is not None else None)
+            return self._search_with_escalation(queries, k, selector, candidates)
+
+    def _selector(self, candidates: np.ndarray | None) -> faiss.IDSelector | None:
+        if candidates is not None:
+            return faiss.IDSelectorBatch(candidates)
+        if len(self._tombstones):
+            inner = faiss.IDSelectorBatch(self._tombstones)
+            selector = faiss.IDSelectorNot(inner)
+            selector.referenced_inner = inner  # keep the wrapped selector alive as long as the wrapper
+            return selector
+        return None
+
+    def _search_with_escalation(
+        self, queries: np.ndarray, k: int, selector: faiss.IDSelector | None, candidates: np.ndarray
+    ) -> SearchResult:
+        want = min(k, len(candidates))
+        result = empty_result(len(queries), k)
+        todo = np.arange(len(queries))
+        for effort in range(self._max_effort() + 1):
+            scores, ids = self._index_search(queries[todo], k, self._search_params(selector, effort, k))
+            result.ids[todo], result.scores[todo] = ids, scores
+            todo = todo[(ids >= 0).sum(axis=1) < want]
+            if not len(todo):
+                return _pad(result)
+        if self.can_reconstruct:
+            # The last resort is exact and always complete: score every candidate of the unlucky queries.
+            exact = self._brute_force(queries[todo], candidates, k)
+            result.ids[todo], result.scores[todo] = exact.ids, exact.scores
+        return _pad(result)
+
+    def _brute_force(self, queries: np.ndarray, candidates: np.ndarray, k: int) -> SearchResult:
+        # In blocks, so that scoring a whole large store (the rare last resort) never materialises it at once.
+        best = empty_result(len(queries), k)
+        for start in range(0, len(candidates), _BRUTE_FORCE_BLOCK):
+            block = candidates[start : start + _BRUTE_FORCE_BLOCK]
+            found = top_k(queries @ self._reconstruct(block).T, block, k)
+            merged_scores = np.concatenate([best.scores, found.scores], axis=1)
+            merged_ids = np.concatenate([best.ids, found.ids], axis=1)
+            best = top_k(merged_scores, merged_ids, k)
+        return best
+
+    def _reconstruct(self, ids: np.ndarray) -> np.ndarray:
+        return self._index.reconstruct_batch(ids)
+
+    # --- persistence --------------------------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the store to `path` atomically (temp file in the same directory, fsync, rename, fsync dir)."""
+        with self._lock:
+            sections = {"ids": self._ids.tobytes(), "tombstones": self._tombstones.tobytes()}
+            if self._index is not None:
+                sections["index"] = faiss.serialize_index(self._cpu_index()).tobytes()
+            sections.update(self._extra_sections())
+            header = {"kind": self.kind, "dim": self.dim, "params": self.params, "version": self.version}
+            write_store_file(Path(path), header, sections)
+
+    def _cpu_index(self) -> faiss.Index:
+        return self._index
+
+    def restore(self, header: Mapping[str, Any], sections: Mapping[str, memoryview]) -> None:
+        """Fill an empty store from the parts of a saved file (see `load_vector_store`)."""
+        self.version = int(header.get("version", 0))
+        self._ids = np.frombuffer(sections["ids"], dtype=np.int64).copy()
+        self._tombstones = np.frombuffer(sections["tombstones"], dtype=np.int64).copy()
+        if "index" in sections:
+            self._index = faiss.deserialize_index(np.frombuffer(sections["index"], dtype=np.uint8))
+        self._load_extra_sections(sections)
+
+
+def _pad(result: SearchResult) -> SearchResult:
+    result.scores[result.ids < 0] = -np.inf
+    return result
+
+
+# --- files ----------------------------------------------------------------------------------------------------------
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or unlink in `directory` durable (the entry lives in the directory, not the file)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, chunks: Iterable[bytes | memoryview]) -> None:
+    """Replace `path` with the concatenated chunks so that readers see the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            for chunk in chunks:
+                handle.write(chunk)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def write_store_file(path: Path, header: Mapping[str, Any], sections: Mapping[str, bytes]) -> None:
+    """Sections, then a JSON trailer (section sizes, sha256 of the sections), its length and a magic tag.
+
+    The trailer sits at the end so that any truncation removes the magic tag and is caught before parsing.
+    """
+    digest = hashlib.sha256()
+    for data in sections.values():
+        digest.update(data)
+    trailer = dict(header)
+    trailer.update(
+        format=_FILE_FORMAT, sections=[[name, len(data)] for name, data in sections.items()], sha256=digest.hexdigest()
+    )
+    encoded = json.dumps(trailer).encode()
+    atomic_write(path, [*sections.values(), encoded, struct.pack("<Q", len(encoded)), _FILE_MAGIC])
+
+
+def read_store_file(path: Path) -> tuple[dict[str, Any], dict[str, memoryview]]:
+    """Parse and verify a file written by `write_store_file`; `CorruptData` if it is truncated or altered."""
+    data = memoryview(path.read_bytes())
+    tail = 8 + len(_FILE_MAGIC)
+    if len(data) < tail or bytes(data[-len(_FILE_MAGIC) :]) != _FILE_MAGIC:
+        raise CorruptData(f"{path} is not a complete vector-store file (truncated or foreign)", str(path))
+    (trailer_len,) = struct.unpack("<Q", data[-tail : -len(_FILE_MAGIC)])
+    start = len(data) - tail - trailer_len
+    try:
+        header = json.loads(bytes(data[start : len(data) - tail]))
+        layout = [(str(name), int(size)) for name, size in header["sections"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CorruptData(f"{path} has an unreadable trailer: {exc}", str(path)) from exc
+    if start < 0 or sum(size for _, size in layout) != start or header.get("format") != _FILE_FORMAT:
+        raise CorruptData(f"{path} has an inconsistent layout", str(path))
+    if hashlib.sha256(data[:start]).hexdigest() != header.get("sha256"):
+        raise CorruptData(f"{path} does not match its checksum", str(path))
+    sections, offset = {}, 0
+    for name, size in layout:
+        sections[name] = data[offset : offset + size]
+        offset += size
+    return header, sections

