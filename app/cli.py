@@ -20,6 +20,8 @@ cli = typer.Typer(
 )
 config_cli = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
 cli.add_typer(config_cli, name="config")
+db_cli = typer.Typer(help="Manage the catalog database schema.", no_args_is_help=True)
+cli.add_typer(db_cli, name="db")
 
 
 class CliError(Exception):
@@ -42,6 +44,45 @@ def config_show(as_json: bool = typer.Option(False, "--json", help="Print JSON i
     width = max(len(k) for k in values)
     for key, value in values.items():
         typer.echo(f"{key:<{width}}  {value}")
+
+
+@db_cli.command("upgrade")
+def db_upgrade(revision: str = typer.Argument("head", help="Target revision (default: the newest).")) -> None:
+    """Create or migrate the catalog schema (INTERNVL_SEARCH_DATABASE_URL) to `revision`."""
+    settings = load_settings()
+    _upgrade_catalog(settings, revision)
+    typer.echo(f"catalog at revision {revision}: {settings.public_dict()['database_url']}")
+
+
+@db_cli.command("current")
+def db_current() -> None:
+    """Print the catalog's schema revision and the one this code expects."""
+    from indexer.catalog import migrate
+
+    settings = load_settings()
+    current = _catalog_call(lambda: migrate.current_revision(settings.resolved_database_url()))
+    typer.echo(f"current: {current or 'none (empty database)'}\nexpected: {', '.join(migrate.head_revisions())}")
+
+
+def _upgrade_catalog(settings, revision: str = "head") -> None:  # noqa: ANN001 - Settings
+    from indexer.catalog import migrate
+
+    if settings.database_url is None:  # the default SQLite file lives in the data dir, which may not exist yet
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    _catalog_call(lambda: migrate.upgrade(settings.resolved_database_url(), revision))
+
+
+def _catalog_call(fn):  # noqa: ANN001, ANN202
+    """Run a catalog operation; database and migration failures become one-line CLI errors."""
+    from alembic.util.exc import CommandError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        return fn()
+    except CommandError as exc:
+        raise CliError(f"migration failed: {exc}") from None
+    except SQLAlchemyError as exc:
+        raise CliError(f"catalog database error: {str(exc).splitlines()[0]}") from None
 
 
 @cli.command()
@@ -118,9 +159,10 @@ def serve(
 
 @cli.command()
 def demo() -> None:
-    """Prepare the embedded defaults (data dir) and run the service: what `make run` does."""
+    """Prepare the embedded defaults (data dir, catalog) and run the service: what `make run` does."""
     settings = load_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    _upgrade_catalog(settings)
     base = f"http://{settings.host}:{settings.port}"
     typer.echo(
         f"internvl-search {__version__}: data in {settings.data_dir.resolve()}\n"

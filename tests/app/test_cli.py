@@ -107,3 +107,23 @@ def test_embed_reports_user_mistakes_in_one_line(tmp_path: Path) -> None:
         assert result.returncode == 2, (expected, result.stderr)
         assert expected.lower() in result.stderr.lower(), (expected, result.stderr)
         assert "Traceback" not in result.stderr
+
+
+def test_db_upgrade_creates_the_catalog_and_is_idempotent(tmp_path: Path) -> None:
+    env = {"INTERNVL_SEARCH_DATA_DIR": str(tmp_path / "data")}
+    assert "none" in run_cli("db", "current", env={**env, "INTERNVL_SEARCH_DATA_DIR": str(tmp_path)}).stdout
+    for _ in range(2):
+        result = run_cli("db", "upgrade", env=env)
+        assert result.returncode == 0, result.stderr
+    assert (tmp_path / "data" / "catalog.db").is_file()
+    current = run_cli("db", "current", env=env).stdout
+    assert current.splitlines()[0].removeprefix("current: ") == current.splitlines()[1].removeprefix("expected: ")
+
+
+def test_db_errors_are_one_line(tmp_path: Path) -> None:
+    unreachable = {"INTERNVL_SEARCH_DATABASE_URL": "postgresql+psycopg://nobody@127.0.0.1:1/x"}
+    result = run_cli("db", "upgrade", env=unreachable)
+    assert result.returncode == 2 and result.stderr.startswith("error: catalog database error")
+    result = run_cli("db", "upgrade", "no-such-revision", env={"INTERNVL_SEARCH_DATA_DIR": str(tmp_path)})
+    assert result.returncode == 2 and "no-such-revision" in result.stderr
+    assert "Traceback" not in result.stderr
