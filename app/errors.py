@@ -15,6 +15,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from indexer import errors as engine_errors
+from internvl_models import errors as model_errors
+
 log = logging.getLogger("internvl_search.errors")
 
 
@@ -66,6 +69,37 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     return error_response(422, "invalid_input", f"{where}: {first['msg']}" if where else first["msg"], problems)
 
 
+# Domain exceptions -> (status, code). Order matters: the first matching class wins, so subclasses come first.
+DOMAIN_ERRORS: list[tuple[type[Exception], int, str]] = [
+    (engine_errors.NotFound, 404, "not_found"),
+    (engine_errors.Conflict, 409, "conflict"),
+    (engine_errors.InvalidInput, 422, "invalid_input"),
+    (engine_errors.Busy, 503, "busy"),
+    (engine_errors.SchemaNotCurrent, 503, "schema_not_current"),
+    (engine_errors.CorruptData, 503, "corrupt_data"),
+    (model_errors.UnknownModelError, 422, "unknown_model"),
+    (model_errors.InputError, 422, "invalid_input"),
+    (model_errors.CheckpointError, 503, "model_unavailable"),
+]
+
+
+def status_of(exc: Exception) -> tuple[int, str]:
+    for cls, status, code in DOMAIN_ERRORS:
+        if isinstance(exc, cls):
+            return status, code
+    return 500, "internal_error"
+
+
+async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
+    status, code = status_of(exc)
+    if status >= 500:
+        log.warning("service unavailable", extra={"path": request.url.path, "error": str(exc)})
+    response = error_response(status, code, str(exc))
+    if isinstance(exc, engine_errors.Busy):
+        response.headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
+    return response
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", extra={"path": request.url.path})
     return error_response(500, "internal_error", "internal server error; the request id is in the X-Request-ID header")
@@ -74,4 +108,6 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(engine_errors.IndexerError, _domain_error)
+    app.add_exception_handler(model_errors.ModelError, _domain_error)
     app.add_exception_handler(Exception, _unexpected_error)
