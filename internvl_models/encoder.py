@@ -7,6 +7,7 @@ them: batching, device and dtype placement, `torch.inference_mode`, L2 normalisa
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,6 +52,9 @@ class Encoder(ABC):
         self.dtype = dtype
         self.image_batch_size = image_batch_size
         self.text_batch_size = text_batch_size
+        # One forward pass at a time: ingestion threads and serving threads share one model (and one GPU), and
+        # interleaved passes would only fight over memory and kernels.
+        self._forward_lock = threading.Lock()
 
     # --- what a back end implements -------------------------------------------------------------------------
     @abstractmethod
@@ -101,7 +105,9 @@ class Encoder(ABC):
             for start in range(0, pixels.shape[0], self.image_batch_size):
                 chunk = pixels[start : start + self.image_batch_size]
                 chunk = chunk.to(self.device, self.dtype, non_blocking=True)
-                out.append(_unit_rows(self._image_features(chunk)))
+                with self._forward_lock:
+                    features = self._image_features(chunk)
+                out.append(_unit_rows(features))
         return np.concatenate(out)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
@@ -113,7 +119,9 @@ class Encoder(ABC):
         out = []
         with torch.inference_mode():
             for start in range(0, len(texts), self.text_batch_size):
-                out.append(_unit_rows(self._text_features(list(texts[start : start + self.text_batch_size]))))
+                with self._forward_lock:
+                    features = self._text_features(list(texts[start : start + self.text_batch_size]))
+                out.append(_unit_rows(features))
         return np.concatenate(out)
 
 

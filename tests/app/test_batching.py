@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from app.batching import MicroBatcher
+
+
+def test_concurrent_items_share_batches_and_keep_their_results() -> None:
+    sizes: list[int] = []
+    active = threading.Semaphore(1)
+
+    def square_all(items: list[int]) -> list[int]:
+        assert active.acquire(blocking=False), "the batch function ran concurrently with itself"
+        try:
+            sizes.append(len(items))
+            time.sleep(0.01)  # a forward pass takes time, so callers pile up behind it
+            return [x * x for x in items]
+        finally:
+            active.release()
+
+    batcher = MicroBatcher("square", square_all, max_batch=16, max_wait_s=0.01)
+
+    async def many() -> list[int]:
+        return await asyncio.gather(*(batcher.run(i) for i in range(100)))
+
+    try:
+        assert asyncio.run(many()) == [i * i for i in range(100)]
+    finally:
+        batcher.close()
+    assert sum(sizes) == 100
+    assert max(sizes) <= 16
+    assert len(sizes) < 50, f"expected batching, got batch sizes {sizes}"
+
+
+def test_a_failing_batch_fails_every_caller_in_it_and_the_batcher_survives() -> None:
+    def fail_on_negative(items: list[int]) -> list[int]:
+        if any(x < 0 for x in items):
+            raise ValueError("negative")
+        return items
+
+    batcher = MicroBatcher("fail", fail_on_negative, max_batch=4, max_wait_s=0.0)
+    try:
+        with pytest.raises(ValueError, match="negative"):
+            batcher.submit(-1).result(timeout=5)
+        assert batcher.submit(3).result(timeout=5) == 3
+    finally:
+        batcher.close()
+
+
+def test_wrong_result_count_is_an_error_not_a_hang() -> None:
+    batcher = MicroBatcher("short", lambda items: items[:-1], max_batch=4, max_wait_s=0.0)
+    try:
+        with pytest.raises(RuntimeError, match="0 results for 1 items"):
+            batcher.submit(1).result(timeout=5)
+    finally:
+        batcher.close()
+
+
+def test_close_finishes_queued_work_and_refuses_new_items() -> None:
+    batcher = MicroBatcher("close", lambda items: items, max_batch=2, max_wait_s=0.05)
+    futures = [batcher.submit(i) for i in range(5)]
+    batcher.close()
+    assert [f.result(timeout=5) for f in futures] == list(range(5))
+    with pytest.raises(RuntimeError, match="closed"):
+        batcher.submit(9)
+
+
+def test_invalid_limits() -> None:
+    with pytest.raises(ValueError):
+        MicroBatcher("bad", lambda items: items, max_batch=0)
