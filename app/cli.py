@@ -22,6 +22,8 @@ config_cli = typer.Typer(help="Inspect the effective configuration.", no_args_is
 cli.add_typer(config_cli, name="config")
 db_cli = typer.Typer(help="Manage the catalog database schema.", no_args_is_help=True)
 cli.add_typer(db_cli, name="db")
+collections_cli = typer.Typer(help="Create, list and delete collections.", no_args_is_help=True)
+cli.add_typer(collections_cli, name="collections")
 
 
 class CliError(Exception):
@@ -182,6 +184,242 @@ def _serve(settings) -> None:  # noqa: ANN001 - Settings, imported lazily with t
 
     configure_logging(settings.log_level, settings.log_format)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
+
+
+# --- engine commands: index, collections, search ------------------------------------------------------------------
+
+MANIFEST_SUFFIXES = (".jsonl", ".ndjson", ".csv")
+
+
+def _engine(settings, *, load_collections: bool = False):  # noqa: ANN001, ANN202 - Settings -> indexer.Engine
+    """An open `Engine` built from `settings`: the one place where CLI settings become an `EngineConfig`.
+
+    The embedded SQLite catalog is created or migrated on the way (it belongs to this data dir); a configured
+    database must be migrated explicitly with `db upgrade`, and the engine says so if it is not.
+    """
+    from indexer import Engine, EngineConfig
+
+    if settings.database_url is None:
+        _upgrade_catalog(settings)
+    config = EngineConfig(
+        data_dir=settings.data_dir,
+        database_url=settings.database_url,
+        encoder=settings.encoder,
+        encoder_checkpoint=settings.encoder_checkpoint,
+        device=settings.device,
+        dtype=settings.dtype,
+        image_batch_size=settings.image_batch_size,
+        text_batch_size=settings.text_batch_size,
+        allowed_roots=tuple(settings.allowed_root_paths()),
+        max_image_pixels=settings.max_image_pixels,
+        max_source_bytes=settings.max_upload_bytes,
+    )
+    # Jobs interrupted earlier are left to the service (or `index --resume`): a short CLI call must not start them.
+    return _engine_call(lambda: Engine(config).open(resume_jobs=False, load_collections=load_collections))
+
+
+def _engine_call(fn):  # noqa: ANN001, ANN202
+    """Run an engine operation; refusals of the engine and of the model library become one-line CLI errors."""
+    from indexer import IndexerError
+    from internvl_models import ModelError
+
+    try:
+        return _catalog_call(fn)
+    except (IndexerError, ModelError) as exc:
+        raise CliError(str(exc)) from None
+
+
+def _json_object(text: str | None, option: str) -> dict | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise CliError(f"{option} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise CliError(f"{option} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _ingest_items(sources: list[str]) -> tuple[list, list[Path]]:
+    """CLI arguments -> IngestItems, plus the folders this operator's job may read (each path given, resolved)."""
+    from indexer import IngestItem
+
+    items, roots = [], []
+    for source in sources:
+        if source.startswith(("http://", "https://")):
+            items.append(IngestItem.url(source))
+            continue
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise CliError(f"no such file or folder: {source}")
+        path = path.resolve()
+        if path.suffix.lower() in MANIFEST_SUFFIXES:
+            items.append(IngestItem.manifest(path))
+            roots.append(path.parent)  # relative paths in a manifest are relative to its folder
+        else:
+            items.append(IngestItem.path(path))
+            roots.append(path)
+    return items, roots
+
+
+@cli.command()
+def index(
+    sources: list[str] = typer.Argument(None, help="Image files, folders, http(s) URLs or manifests (.jsonl/.csv)."),
+    collection: str = typer.Option(..., "--collection", "-c", help="Collection to add the images to."),
+    create: bool = typer.Option(False, "--create", help="Create the collection first if it does not exist."),
+    encoder: str | None = typer.Option(None, help="Encoder of a collection made by --create (default: settings)."),
+    checkpoint: str | None = typer.Option(None, help="Checkpoint of a collection made by --create."),
+    metadata: str | None = typer.Option(None, "--metadata", help="JSON object merged into every image's metadata."),
+    resume: int | None = typer.Option(None, "--resume", help="Resume an interrupted job by id instead."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Ingest images into a collection, with a progress bar and a summary (added / duplicates / failed)."""
+    meta = _json_object(metadata, "--metadata")
+    if bool(sources) == (resume is not None):
+        raise CliError("give the images to index, or --resume JOB_ID, not both and not neither")
+    items, roots = _ingest_items(sources) if sources else ([], [])
+    with _engine(load_settings()) as engine:
+        if resume is None:
+            _ensure_collection(engine, collection, create, encoder, checkpoint)
+            job_id = _engine_call(
+                lambda: engine.submit(collection, items, metadata=meta, extra_roots=roots, start=False)
+            )
+        else:
+            job_id = resume
+            job = _engine_call(lambda: engine.get_job(job_id))
+            if job.collection != collection:
+                raise CliError(f"job {job_id} belongs to collection {job.collection!r}, not {collection!r}")
+        info = _run_with_progress(engine, job_id, quiet)
+        _print_job_summary(info)
+    if info.state == "failed":
+        raise CliError(f"job {info.id} failed: {info.error}")
+
+
+def _ensure_collection(engine, name: str, create: bool, encoder: str | None, checkpoint: str | None) -> None:  # noqa: ANN001
+    from indexer import NotFound
+
+    try:
+        _catalog_call(lambda: engine.get_collection(name))
+    except NotFound as exc:
+        if not create:
+            raise CliError(f"{exc}; add --create to create it") from None
+        _engine_call(lambda: engine.create_collection(name, encoder=encoder, checkpoint=checkpoint))
+
+
+def _run_with_progress(engine, job_id: int, quiet: bool):  # noqa: ANN001, ANN202 - Engine -> JobInfo
+    from tqdm import tqdm
+
+    bar = tqdm(total=None, unit="img", disable=quiet, file=sys.stderr, dynamic_ncols=True)
+
+    def progress(info) -> None:  # noqa: ANN001 - JobInfo
+        bar.total = info.total
+        bar.update(info.processed - bar.n)
+        bar.set_postfix(added=info.done, duplicates=info.skipped, failed=info.failed, refresh=False)
+
+    try:
+        return _engine_call(lambda: engine.run_job(job_id, progress=progress))
+    except KeyboardInterrupt:
+        raise CliError(f"interrupted; continue with: internvl-search index --resume {job_id} -c <collection>") from None
+    finally:
+        bar.close()
+
+
+def _print_job_summary(info) -> None:  # noqa: ANN001 - JobInfo
+    typer.echo(
+        f"job {info.id} {info.state}: added {info.done}, duplicates {info.skipped}, failed {info.failed} "
+        f"(of {info.total}) into collection {info.collection!r}"
+    )
+    for failure in info.failures:
+        typer.echo(f"  failed: {failure.source}: {failure.reason}")
+    if info.failed > len(info.failures):
+        typer.echo(f"  ... and {info.failed - len(info.failures)} more failures")
+
+
+@collections_cli.command("list")
+def collections_list(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """List collections with their encoder, size and index kind."""
+    with _engine(load_settings()) as engine:
+        infos = _engine_call(engine.list_collections)
+    rows = [
+        {
+            "name": c.name,
+            "encoder": c.encoder,
+            "dim": c.dim,
+            "images": c.images.get("indexed", 0),
+            "index": c.store_kind if c.index_kind == c.store_kind else f"{c.index_kind}:{c.store_kind}",
+            "fingerprint": c.fingerprint[:12],
+        }
+        for c in infos
+    ]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+    elif not rows:
+        typer.echo("no collections (create one with: internvl-search collections create NAME)")
+    else:
+        widths = {key: max(len(key), *(len(str(row[key])) for row in rows)) for key in rows[0]}
+        typer.echo("  ".join(f"{key:<{w}}" for key, w in widths.items()))
+        for row in rows:
+            typer.echo("  ".join(f"{row[key]!s:<{w}}" for key, w in widths.items()))
+
+
+@collections_cli.command("create")
+def collections_create(
+    name: str = typer.Argument(..., help="Collection name (letters, digits, '_', '.', '-')."),
+    encoder: str | None = typer.Option(None, help="Encoder name (default: INTERNVL_SEARCH_ENCODER)."),
+    checkpoint: str | None = typer.Option(None, help="Checkpoint (default: INTERNVL_SEARCH_ENCODER_CHECKPOINT)."),
+    index_kind: str = typer.Option("auto", "--index-kind", help="auto, flat, hnsw, ivf_flat or ivf_pq."),
+) -> None:
+    """Create an empty collection bound to an encoder."""
+    with _engine(load_settings()) as engine:
+        info = _engine_call(
+            lambda: engine.create_collection(name, encoder=encoder, checkpoint=checkpoint, index_kind=index_kind)
+        )
+    typer.echo(f"created collection {info.name!r}: {info.encoder}, dim {info.dim}, index {info.index_kind}")
+
+
+@collections_cli.command("delete")
+def collections_delete(
+    name: str = typer.Argument(..., help="Collection to delete."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+) -> None:
+    """Delete a collection with its images, index, embeddings and stored originals."""
+    if not yes and not typer.confirm(f"delete collection {name!r} and all its images?"):
+        raise CliError("not deleted")
+    with _engine(load_settings()) as engine:
+        _engine_call(lambda: engine.delete_collection(name))
+    typer.echo(f"deleted collection {name!r}")
+
+
+@cli.command()
+def search(
+    query: str | None = typer.Argument(None, help="Text query, in any language."),
+    collection: str = typer.Option(..., "--collection", "-c", help="Collection to search."),
+    k: int = typer.Option(10, "-k", help="Number of results."),
+    filter_: str | None = typer.Option(None, "--filter", help='Metadata filter, e.g. \'{"year": {"gte": 2020}}\'.'),
+    image: Path | None = typer.Option(None, "--image", help="Search with this image file instead of a text."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Search a collection by text or by image; prints rank, score, id, source and metadata."""
+    if (query is None) == (image is None):
+        raise CliError("give a text query or --image FILE, not both and not neither")
+    conditions = _json_object(filter_, "--filter")
+    data = None
+    if image is not None:
+        try:
+            data = image.read_bytes()
+        except OSError as exc:
+            raise CliError(f"cannot read image {image}: {exc.strerror}") from None
+    with _engine(load_settings()) as engine:
+        hits = _engine_call(lambda: engine.search(collection, text=query, image=data, k=k, filter=conditions))
+    if as_json:
+        typer.echo(json.dumps([{**hit.__dict__} for hit in hits], indent=2, ensure_ascii=False))
+        return
+    if not hits:
+        typer.echo("no results")
+    for rank, hit in enumerate(hits, 1):
+        meta = json.dumps(hit.metadata, ensure_ascii=False) if hit.metadata else ""
+        typer.echo(f"{rank:>3}  {hit.score:.4f}  id={hit.id}  {hit.source}  {meta}".rstrip())
 
 
 def main() -> None:

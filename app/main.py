@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request, Response
 from . import __version__
 from .errors import install_error_handlers
 from .logs import request_id_var
+from .metrics import install_metrics
 from .routes import api_router
 from .settings import Settings, get_settings
 
@@ -24,6 +25,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.readiness = lambda: {"server": "ok"}
     install_error_handlers(app)
+    install_metrics(app)
     app.include_router(api_router)
 
     @app.middleware("http")

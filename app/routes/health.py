@@ -1,7 +1,10 @@
 """Liveness and readiness probes."""
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from ..metrics import render_metrics
 
 router = APIRouter(tags=["health"])
 
@@ -16,3 +19,8 @@ def readyz(request: Request) -> JSONResponse:
     checks: dict[str, str] = request.app.state.readiness()
     ready = all(state == "ok" for state in checks.values())
     return JSONResponse(status_code=200 if ready else 503, content={"ready": ready, "checks": checks})
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+def metrics(request: Request) -> Response:
+    return Response(render_metrics(request.app), media_type=CONTENT_TYPE_LATEST)

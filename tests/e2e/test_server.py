@@ -67,3 +67,15 @@ def test_request_ids_and_error_schema(server: str) -> None:
 def test_openapi_is_served(server: str) -> None:
     spec = httpx.get(f"{server}/openapi.json").json()
     assert "/healthz" in spec["paths"]
+
+
+def test_metrics_count_requests_by_route(server: str) -> None:
+    for _ in range(3):
+        httpx.get(f"{server}/healthz")
+    text = httpx.get(f"{server}/metrics").text
+    line = next(
+        line
+        for line in text.splitlines()
+        if line.startswith("internvl_search_request_seconds_count") and 'route="/healthz"' in line
+    )
+    assert float(line.rsplit(" ", 1)[1]) >= 3
