@@ -24,11 +24,11 @@ from torch import nn
 from .chat_config import ChatConfig, WeightRecipe, checkpoint_recipes
 from .checkpoint import (
     CONFIG_NAME,
-    _listing,
-    _shard_shapes,
-    _shard_tensors,
+    key_listing,
     read_config,
     resolve_checkpoint,
+    shard_shapes,
+    shard_tensors,
     weight_files,
 )
 from .device import resolve_device, resolve_dtype
@@ -207,7 +207,7 @@ def load_chat_model(
         config = dataclasses.replace(config, image_token_id=image_token_id)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
-    stored = {key: (file, shape) for file in weight_files(directory) for key, shape in _shard_shapes(file).items()}
+    stored = {key: (file, shape) for file in weight_files(directory) for key, shape in shard_shapes(file).items()}
     with torch.device("meta"):
         model = InternVLChat(config)
     expected = {key: tuple(t.shape) for key, t in model.state_dict().items()}
@@ -254,9 +254,9 @@ def _check_recipes(
     if missing or unexpected or mismatched:
         raise CheckpointError(
             f"The weights in {where} do not match the architecture in its {CONFIG_NAME}:"
-            + _listing("missing keys", missing)
-            + _listing("unexpected keys", unexpected)
-            + _listing("shape mismatches", mismatched)
+            + key_listing("missing keys", missing)
+            + key_listing("unexpected keys", unexpected)
+            + key_listing("shape mismatches", mismatched)
         )
 
 
@@ -281,7 +281,7 @@ def _fill(
     pending: dict[str, torch.Tensor] = {}
     for file, keys in by_file.items():
         part = {}
-        for key, tensor in _shard_tensors(file, sorted(keys)):
+        for key, tensor in shard_tensors(file, sorted(keys)):
             pending[key] = tensor
             for recipe in waiting_on.pop(key):
                 if all(source in pending for source in recipe.sources):

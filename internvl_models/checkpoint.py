@@ -102,7 +102,7 @@ def _torch_load(file: Path) -> dict[str, torch.Tensor]:
     return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
 
 
-def _shard_shapes(file: Path) -> dict[str, tuple[int, ...]]:
+def shard_shapes(file: Path) -> dict[str, tuple[int, ...]]:
     """Key -> shape of one shard; for safetensors from the header alone."""
     try:
         if file.suffix == ".safetensors":
@@ -113,7 +113,7 @@ def _shard_shapes(file: Path) -> dict[str, tuple[int, ...]]:
         raise CheckpointError(f"Cannot read the weight file {file}: {e}") from e
 
 
-def _shard_tensors(file: Path, keys: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
+def shard_tensors(file: Path, keys: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
     if file.suffix == ".safetensors":
         with safe_open(file, framework="pt") as f:
             for key in keys:
@@ -124,7 +124,7 @@ def _shard_tensors(file: Path, keys: list[str]) -> Iterator[tuple[str, torch.Ten
             yield key, state[key]
 
 
-def _listing(title: str, items: list[str], limit: int = 25) -> str:
+def key_listing(title: str, items: list[str], limit: int = 25) -> str:
     more = f" ... and {len(items) - limit} more" if len(items) > limit else ""
     return f"\n  {title} ({len(items)}): {items[:limit]}{more}"
 
@@ -137,7 +137,7 @@ def _plan_load(
     expected = {key: tuple(t.shape) for key, t in model.state_dict().items()}
     stored: dict[str, tuple[Path, str, tuple[int, ...]]] = {}  # our key -> (file, stored key, shape)
     for file in files:
-        for key, shape in _shard_shapes(file).items():
+        for key, shape in shard_shapes(file).items():
             if key.startswith(prefix):
                 stored[key[len(prefix) :]] = (file, key, shape)
     optional: set[str] = set()
@@ -156,9 +156,9 @@ def _plan_load(
     if missing or unexpected or mismatched:
         raise CheckpointError(
             f"The weights in {where} do not match the architecture in its {CONFIG_NAME}:"
-            + _listing("missing keys", missing)
-            + _listing("unexpected keys", unexpected)
-            + _listing("shape mismatches", mismatched)
+            + key_listing("missing keys", missing)
+            + key_listing("unexpected keys", unexpected)
+            + key_listing("shape mismatches", mismatched)
         )
     plan: dict[Path, dict[str, str]] = {file: {} for file in files}
     for ours, (file, key, _) in stored.items():
@@ -191,7 +191,7 @@ def _load_weights(
     for file, keys in plan.items():
         part = {
             keys[key]: tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
-            for key, tensor in _shard_tensors(file, sorted(keys))
+            for key, tensor in shard_tensors(file, sorted(keys))
         }
         model.load_state_dict(part, strict=False, assign=True)  # assign: replace the meta tensors, no copy
         loaded.update(part)
