@@ -11,7 +11,8 @@ import time
 # Set by the HTTP middleware for the duration of a request, so every line logged while serving it carries the id.
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
-_STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+# Attributes every LogRecord has, plus uvicorn's ANSI-coloured duplicate of the message.
+_STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
 
 
 def _fields(record: logging.LogRecord) -> dict[str, object]:
