@@ -297,14 +297,17 @@ def index(
 
 
 def _ensure_collection(engine, name: str, create: bool, encoder: str | None, checkpoint: str | None) -> None:  # noqa: ANN001
-    from indexer import NotFound
+    from indexer import IndexerError, NotFound
 
     try:
         _catalog_call(lambda: engine.get_collection(name))
+        return
     except NotFound as exc:
         if not create:
             raise CliError(f"{exc}; add --create to create it") from None
-        _engine_call(lambda: engine.create_collection(name, encoder=encoder, checkpoint=checkpoint))
+    except IndexerError as exc:
+        raise CliError(str(exc)) from None
+    _engine_call(lambda: engine.create_collection(name, encoder=encoder, checkpoint=checkpoint))
 
 
 def _run_with_progress(engine, job_id: int, quiet: bool):  # noqa: ANN001, ANN202 - Engine -> JobInfo

@@ -1,0 +1,150 @@
+"""Ingestion throughput: end-to-end images/s of a real job against model-only images/s of the same encoder.
+
+    python -m bench.ingest                                   # 256 photo-sized JPEGs, open_clip ViT-B-32 (random)
+    python -m bench.ingest --encoder internvl-c --checkpoint /path/to/InternVL-14B-224px --images 1024
+
+* model-only: `encode_pixels` on already preprocessed batches, nothing else: the ceiling.
+* end-to-end: `Engine.run_job` over a folder of JPEGs (SQLite catalog, originals stored): read, hash, dedup check,
+  decode, EXIF/mode handling, preprocess (thread pool), encode, write (rows, fsync'd embedding shard, index).
+* efficiency = end-to-end / model-only; `encoder_wait` = share of the job's wall time the encoder spent waiting
+  for decoded input (0 means decoding keeps up); `encoder_busy` = share of it spent in the forward pass (the
+  same-run view of efficiency, which a shared machine's drifting load cannot skew). On a CPU, decoding and the
+  model share the same cores, so efficiency is bounded by that contention, not only by the pipeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from indexer import Engine, EngineConfig, IngestItem
+from indexer.catalog import migrate
+from internvl_models import create_encoder
+
+
+def make_photos(directory: Path, n: int, size: tuple[int, int]) -> list[Path]:
+    """n distinct photo-sized JPEGs (smooth gradients plus noise, so they compress and decode like photos)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    w, h = size
+    ramp = (
+        np.linspace(0, 1, w, dtype=np.float32)[None, :, None] * np.linspace(0.3, 1, h, dtype=np.float32)[:, None, None]
+    )
+    paths = []
+    for i in range(n):
+        colour = rng.uniform(40, 255, 3).astype(np.float32)
+        noise = rng.normal(0, 12, (h, w, 3)).astype(np.float32)
+        pixels = np.clip(ramp * colour + noise, 0, 255).astype(np.uint8)
+        path = directory / f"photo_{i:05d}.jpg"
+        Image.fromarray(pixels).save(path, "JPEG", quality=90)
+        paths.append(path)
+    return paths
+
+
+def model_only(encoder, paths: list[Path], batch: int, seconds: float) -> float:  # noqa: ANN001 - Encoder
+    """images/s of encode_pixels alone, on preprocessed pixels of the same images (median over batches, so a
+    burst of load from elsewhere on a shared machine moves it less)."""
+    pixels = torch.stack([encoder.preprocess_image(Image.open(p)) for p in paths[:batch]])
+    encoder.encode_pixels(pixels)  # warm-up
+    times, start = [], time.perf_counter()
+    while time.perf_counter() - start < seconds or len(times) < 3:
+        tick = time.perf_counter()
+        encoder.encode_pixels(pixels)
+        times.append(time.perf_counter() - tick)
+    return batch / float(np.median(times))
+
+
+def preprocess_only(encoder, paths: list[Path]) -> float:  # noqa: ANN001 - Encoder
+    """images/s of decode + preprocess on one thread (what one decode worker can supply)."""
+    start = time.perf_counter()
+    for path in paths[:64]:
+        with Image.open(path) as image:
+            encoder.preprocess_image(image)
+    return min(64, len(paths)) / (time.perf_counter() - start)
+
+
+def end_to_end(args: argparse.Namespace, encoder, root: Path, photos: Path) -> dict[str, float]:  # noqa: ANN001
+    data = root / "data"
+    data.mkdir()
+    url = f"sqlite:///{data / 'catalog.db'}"
+    migrate.upgrade(url)
+    config = EngineConfig(
+        data_dir=data,
+        database_url=url,
+        encoder=args.encoder,
+        encoder_checkpoint=args.checkpoint,
+        device=args.device,
+        image_batch_size=args.batch,
+        decode_workers=args.workers,
+        allowed_roots=(photos.resolve(),),
+    )
+    # The same encoder object as the model-only figure, so both numbers describe the same model and threads.
+    with Engine(config, lambda *a, **k: encoder).open(resume_jobs=False) as engine:
+        engine.create_collection("bench")
+        engine.encoder().encode_texts(["warm-up"])
+        job = engine.submit("bench", [IngestItem.path(photos)], start=False)
+        start = time.perf_counter()
+        info = engine.run_job(job)
+        wall = time.perf_counter() - start
+    assert info.done == args.images, info
+    return {"images_per_s": args.images / wall, "wall_s": wall, **info.timings}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--encoder", default="openclip:ViT-B-32")
+    parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--size", default="640x480", help="photo size WxH")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=max(2, (os.cpu_count() or 2)))
+    parser.add_argument("--seconds", type=float, default=5.0, help="minimum timing window for model-only")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    size = tuple(int(v) for v in args.size.split("x"))
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
+        root = Path(tmp)
+        paths = make_photos(root / "photos", args.images, size)  # type: ignore[arg-type]
+        encoder = create_encoder(args.encoder, args.checkpoint, device=args.device, image_batch_size=args.batch)
+        before = model_only(encoder, paths, args.batch, args.seconds)
+        supply = preprocess_only(encoder, paths)
+        e2e = end_to_end(args, encoder, root, root / "photos")
+        # Measured on both sides of the job and averaged: the machine's other load drifts during a run.
+        ceiling = (before + model_only(encoder, paths, args.batch, args.seconds)) / 2
+    results = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}",
+        "encoder": args.encoder,
+        "device": args.device,
+        "images": args.images,
+        "photo_size": args.size,
+        "batch": args.batch,
+        "decode_workers": args.workers,
+        "model_only_images_per_s": round(ceiling, 2),
+        "decode_preprocess_images_per_s_one_thread": round(supply, 2),
+        "end_to_end_images_per_s": round(e2e["images_per_s"], 2),
+        "encoder_in_pipeline_images_per_s": round(args.images / e2e["encode_s"], 2),
+        "pipeline_efficiency": round(e2e["images_per_s"] / ceiling, 3),
+        "encoder_wait_fraction": round(e2e["wait_s"] / e2e["wall_s"], 3),
+        # Robust to the machine's drifting load: both figures come from the same run.
+        "encoder_busy_fraction": round(e2e["encode_s"] / e2e["wall_s"], 3),
+        "stage_seconds": {k: round(v, 3) for k, v in e2e.items() if k.endswith("_s") and k != "images_per_s"},
+    }
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    for key, value in results.items():
+        print(f"{key:<44} {value}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""`EngineConfig`: every knob of the engine as plain typed values.
+
+`app` builds one from its `Settings` (the only place that reads the environment); tests build one directly. The
+engine never looks anywhere else for configuration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from indexer.errors import InvalidInput
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Where the engine keeps its data, which encoder new collections get, and the ingestion limits."""
+
+    data_dir: Path
+    # None: a SQLite file `catalog.db` in `data_dir`.
+    database_url: str | None = None
+    # --- encoders ---
+    encoder: str = "internvl-c"
+    encoder_checkpoint: str | None = None
+    device: str = "auto"
+    dtype: str | None = None  # None / "auto": bfloat16 on CUDA, float32 on CPU
+    image_batch_size: int = 32
+    text_batch_size: int = 128
+    # --- ingestion sources ---
+    # Server-side paths are refused unless they resolve (symlinks followed) inside one of these directories.
+    allowed_roots: tuple[Path, ...] = ()
+    # Off by default: a URL naming a private, loopback or metadata address is how a caller reaches the
+    # service's own network (SSRF). Turn on only where every caller is trusted.
+    allow_private_urls: bool = False
+    url_connect_timeout_s: float = 5.0
+    url_read_timeout_s: float = 20.0
+    # Bounds the whole download, so a server trickling one byte per read timeout cannot hold a worker forever.
+    url_total_timeout_s: float = 60.0
+    url_max_redirects: int = 5
+    # Largest file, download or upload read into memory for one image.
+    max_source_bytes: int = 50 * 2**20
+    # --- decoding ---
+    # Checked from the header before any pixel is decoded (a 100 KB PNG can declare 10^10 pixels).
+    max_image_pixels: int = 64_000_000
+    max_frames: int = 10_000
+    decode_workers: int = 4
+    # --- writing ---
+    # How often (seconds) a running job persists its vector index; the catalog and the embedding shards are
+    # durable at every batch, and start-up reconciliation repairs an index that is older than them.
+    index_save_interval_s: float = 30.0
+    default_index_kind: str = "auto"
+    store_originals: bool = True
+    job_workers: int = 2
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_dir", Path(self.data_dir))
+        object.__setattr__(self, "allowed_roots", tuple(Path(p) for p in self.allowed_roots))
+        if self.dtype == "auto":
+            object.__setattr__(self, "dtype", None)
+        for name in ("image_batch_size", "text_batch_size", "decode_workers", "max_source_bytes", "job_workers"):
+            if int(getattr(self, name)) < 1:
+                raise InvalidInput(f"EngineConfig.{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.max_image_pixels < 1 or self.max_frames < 1 or self.url_max_redirects < 0:
+            raise InvalidInput("EngineConfig limits must be positive")
+        for root in self.allowed_roots:
+            if not root.is_absolute():
+                raise InvalidInput(f"allowed root {str(root)!r} is not an absolute path")
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'catalog.db').resolve()}"
+
+    def with_roots(self, *roots: Path) -> EngineConfig:
+        """A copy that also allows `roots` (the CLI allows the folder it was pointed at)."""
+        extra = tuple(Path(r).resolve() for r in roots)
+        return replace(self, allowed_roots=tuple(dict.fromkeys((*self.allowed_roots, *extra))))

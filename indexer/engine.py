@@ -1,0 +1,474 @@
+"""`Engine`: the one object the service and the CLI talk to: collections, ingestion jobs, search, images.
+
+    engine = Engine(EngineConfig(data_dir=Path("data"))).open()
+    engine.create_collection("photos")
+    job = engine.submit("photos", [IngestItem.path("/srv/photos"), IngestItem.url("https://...")])
+    engine.wait_job(job)
+    hits = engine.search("photos", text="ein roter Kreis", k=10, filter={"year": {"gte": 2020}})
+
+`open()` refuses a database whose schema is not current, reconciles each collection's vector store with the
+catalog, and resumes interrupted jobs. Encoders are created on first use and shared; a collection is bound to the
+encoder fingerprint it was created with and refuses vectors of any other.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from sqlalchemy.orm import Session
+
+from indexer.catalog import repo
+from indexer.catalog.db import check_schema_current, make_engine, make_sessionmaker, session_scope
+from indexer.config import EngineConfig
+from indexer.errors import Conflict, InvalidInput, NotFound
+from indexer.jobs import JobInfo, JobRuntime, JobWorker, create_ingest_job, job_info, sweep_staging
+from indexer.live import LiveCollection, ReconcileReport, reconcile, target_kind
+from indexer.pipeline.sources import IngestItem
+from indexer.queries import collection_version
+from indexer.search import Hit, check_filter, check_query, hydrate, image_query_vector, nearest, text_query_vector
+from indexer.storage import CollectionFiles, remove_orphans
+from internvl_models import Encoder, create_encoder
+
+log = logging.getLogger("internvl_search.engine")
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    id: int
+    name: str
+    encoder: str
+    checkpoint: str | None
+    dim: int
+    fingerprint: str
+    index_kind: str  # as configured ("auto" or a kind)
+    store_kind: str  # what serves it now
+    vectors: int
+    images: dict[str, int]  # per status
+    created_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    id: int
+    collection: str
+    sha256: str
+    source: str | None
+    width: int | None
+    height: int | None
+    format: str | None
+    byte_size: int | None
+    metadata: dict[str, Any]
+    status: str
+    created_at: datetime | None
+
+
+class Engine:
+    """Collections, ingestion and search over one data directory and catalog database."""
+
+    def __init__(self, config: EngineConfig, encoder_factory: Callable[..., Encoder] = create_encoder) -> None:
+        self.config = config
+        self._encoder_factory = encoder_factory
+        self._encoders: dict[tuple[str, str | None], Encoder] = {}
+        self._encoders_lock = threading.Lock()
+        self._lives: dict[int, LiveCollection] = {}
+        self._lives_lock = threading.Lock()
+        self._db = None
+        self._sessions = None
+        self._worker: JobWorker | None = None
+        self.reports: list[ReconcileReport] = []
+
+    # --- life cycle ---------------------------------------------------------------------------------------------
+
+    def open(self, *, resume_jobs: bool = True, load_collections: bool = True) -> Engine:
+        """Connect, check the schema, reconcile every collection and (by default) resume interrupted jobs.
+
+        `load_collections=False` defers each collection's load and reconciliation to its first use (the CLI,
+        which touches one collection per call); `resume_jobs=False` leaves interrupted jobs for a later open.
+        """
+        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        self._db = make_engine(self.config.resolved_database_url)
+        try:
+            check_schema_current(self._db)
+        except BaseException:
+            self._db.dispose()
+            raise
+        self._sessions = make_sessionmaker(self._db)
+        with session_scope(self._sessions) as session:
+            rows = repo.list_collections(session)
+        remove_orphans(self.config.data_dir, [row.id for row in rows])
+        if load_collections:
+            reports = [self._live(row.id).report for row in rows]
+            self.reports = [report for report in reports if report is not None]
+        sweep_staging(self._sessions, self.config.data_dir)
+        self._runtime = JobRuntime(self)
+        self._worker = JobWorker(self._runtime.execute, self.config.job_workers)
+        if resume_jobs:
+            self.resume_jobs()
+        return self
+
+    def close(self) -> None:
+        """Stop job threads at their next batch boundary, save changed indexes, release the database."""
+        if self._worker is not None:
+            self._worker.stop()
+            self._worker = None
+        with self._lives_lock:
+            lives = list(self._lives.values())
+        for live in lives:
+            if live.lock.acquire(blocking=False):
+                try:
+                    live.save_if_dirty()
+                finally:
+                    live.lock.release()
+        if self._db is not None:
+            self._db.dispose()
+            self._db = None
+
+    def __enter__(self) -> Engine:
+        return self if self._sessions is not None else self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def sessions(self):  # noqa: ANN201 - sessionmaker[Session]
+        if self._sessions is None:
+            raise InvalidInput("the engine is not open: call Engine.open() first")
+        return self._sessions
+
+    # --- encoders -----------------------------------------------------------------------------------------------
+
+    def encoder(self, name: str | None = None, checkpoint: str | None = None) -> Encoder:
+        """The encoder `name` (default: the configured one), created on first use and shared afterwards."""
+        name = name or self.config.encoder
+        if checkpoint is None and name == self.config.encoder:
+            checkpoint = self.config.encoder_checkpoint
+        key = (name, None if checkpoint is None else str(checkpoint))
+        with self._encoders_lock:
+            if key not in self._encoders:
+                self._encoders[key] = self._encoder_factory(
+                    name,
+                    checkpoint,
+                    device=self.config.device,
+                    dtype=self.config.dtype,
+                    image_batch_size=self.config.image_batch_size,
+                    text_batch_size=self.config.text_batch_size,
+                )
+            return self._encoders[key]
+
+    def _collection_encoder(self, live: LiveCollection) -> Encoder:
+        encoder = self.encoder(live.encoder_name, live.checkpoint)
+        if encoder.fingerprint != live.fingerprint:
+            raise Conflict(
+                f"collection {live.name!r} holds vectors of encoder {live.encoder_name} with fingerprint "
+                f"{live.fingerprint[:12]}…, but the configured weights give {encoder.fingerprint[:12]}…; "
+                "configure the checkpoint it was created with, or create a new collection"
+            )
+        return encoder
+
+    # --- collections --------------------------------------------------------------------------------------------
+
+    def create_collection(
+        self, name: str, *, encoder: str | None = None, checkpoint: str | None = None, index_kind: str | None = None
+    ) -> CollectionInfo:
+        """A new empty collection bound to `encoder` (default: the configured one) and its current weights."""
+        name_ = encoder or self.config.encoder
+        if checkpoint is None and name_ == self.config.encoder:
+            checkpoint = self.config.encoder_checkpoint
+        model = self.encoder(name_, checkpoint)
+        with session_scope(self.sessions) as session:
+            row = repo.create_collection(
+                session,
+                name=name,
+                encoder=model.name,
+                dim=model.dim,
+                fingerprint=model.fingerprint,
+                index_kind=index_kind or self.config.default_index_kind,
+            )
+            # Inside the transaction: a collection never exists without the record of its checkpoint.
+            CollectionFiles(self.config.data_dir, row.id).write_info({"checkpoint": checkpoint, "encoder": name_})
+            row_id = row.id
+        self._live(row_id)
+        return self.get_collection(name)
+
+    def list_collections(self) -> list[CollectionInfo]:
+        with session_scope(self.sessions) as session:
+            names = [row.name for row in repo.list_collections(session)]
+        return [self.get_collection(name) for name in names]
+
+    def get_collection(self, name: str) -> CollectionInfo:
+        live = self._live_by_name(name)
+        with session_scope(self.sessions) as session:
+            row = repo.get_collection(session, name)
+            counts = repo.image_counts(session, row.id)
+        return CollectionInfo(
+            id=row.id,
+            name=row.name,
+            encoder=row.encoder,
+            checkpoint=live.checkpoint,
+            dim=row.dim,
+            fingerprint=row.fingerprint,
+            index_kind=row.index_kind,
+            store_kind=live.store.kind,
+            vectors=len(live.store),
+            images=counts,
+            created_at=row.created_at,
+        )
+
+    def delete_collection(self, name: str) -> None:
+        """Delete the collection, its jobs, its index, embeddings and stored originals."""
+        live = self._live_by_name(name)
+        with session_scope(self.sessions) as session:
+            for job in repo.list_jobs(session, collection_id=live.id, states=["queued", "running"], limit=10_000):
+                repo.set_job_state(session, job.id, "cancelled")
+        with live.lock:  # waits for a running job to notice the cancel and stop
+            with session_scope(self.sessions) as session:
+                repo.delete_collection(session, live.id)
+            with self._lives_lock:
+                self._lives.pop(live.id, None)
+            live.files.remove()
+
+    def _live(self, collection_id: int) -> LiveCollection:
+        """The collection's in-memory state, loaded and reconciled on first use.
+
+        Never waits for another writer: while one holds the collection (a job in another process), its last saved
+        index is served and reconciliation happens on a later call, or by the next writer (`ensure_reconciled`).
+        """
+        with self._lives_lock:
+            live = self._lives.get(collection_id)
+            if live is None:
+                with session_scope(self.sessions) as session:
+                    live = LiveCollection(self.config, repo.get_collection_by_id(session, collection_id))
+                self._lives[collection_id] = live
+        if not live.loaded:
+            if live.lock.acquire(blocking=False):
+                try:
+                    self.ensure_reconciled(live)
+                finally:
+                    live.lock.release()
+            else:
+                live.adopt_newer_saved()
+        return live
+
+    def ensure_reconciled(self, live: LiveCollection) -> None:
+        """Reconcile `live` unless that already happened; call with its lock held (every writer does)."""
+        if not live.loaded:
+            live.report = reconcile(live, self.sessions)
+            if live.report.requeue_job is not None and self._worker is not None:
+                self._worker.enqueue(live.report.requeue_job)
+
+    def _live_by_name(self, name: str) -> LiveCollection:
+        with session_scope(self.sessions) as session:
+            collection_id = repo.get_collection(session, name).id
+        return self._live(collection_id)
+
+    def _fresh(self, name: str) -> LiveCollection:
+        """The collection for a read, refreshed when another process changed it since we loaded it."""
+        live = self._live_by_name(name)
+        with session_scope(self.sessions) as session:
+            version = collection_version(session, live.id)
+        if version is not None and version != live.store.version and not live.lock.held:
+            live.loaded = False  # stale: reconcile again (now if nobody is writing, otherwise the saved index)
+            self._live(live.id)
+        return live
+
+    def reconcile(self, name: str | None = None) -> list[ReconcileReport]:
+        """Reconcile one collection (or all) with the catalog now; what `open()` does at start-up."""
+        with session_scope(self.sessions) as session:
+            rows = [repo.get_collection(session, name)] if name else repo.list_collections(session)
+            ids = [row.id for row in rows]
+        reports = []
+        for collection_id in ids:
+            live = self._live(collection_id)
+            with live.lock:
+                live.loaded = False
+                self.ensure_reconciled(live)
+                reports.append(live.report)
+        return reports
+
+    # --- ingestion ----------------------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        collection: str,
+        items: Sequence[IngestItem],
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        extra_roots: Sequence[Path] = (),
+        start: bool = True,
+    ) -> int:
+        """Queue an ingestion job and return its id; a background thread runs it unless `start=False`.
+
+        `metadata` is merged under each item's own. `extra_roots` are server folders this job alone may read (for
+        an operator's CLI call; never pass caller-controlled paths here).
+        """
+        live = self._live_by_name(collection)
+        self._collection_encoder(live)  # refuse now, not in the background, when the weights do not match
+        job_id = create_ingest_job(
+            self.sessions, self.config.data_dir, live.id, items, metadata=metadata, extra_roots=extra_roots
+        )
+        if start and self._worker is not None:
+            self._worker.enqueue(job_id)
+        return job_id
+
+    def run_job(self, job_id: int, *, progress: Callable[[JobInfo], None] | None = None) -> JobInfo:
+        """Run a job in the calling thread (resuming an interrupted one, retrying a failed one); its final state."""
+        with session_scope(self.sessions) as session:
+            if repo.get_job(session, job_id).state == "failed":
+                repo.set_job_state(session, job_id, "queued")  # its pending items are all that is left to do
+        self._runtime.execute(job_id, threading.Event(), progress)
+        return self.get_job(job_id)
+
+    def resume_jobs(self) -> list[int]:
+        """Queue every job left queued or running (interrupted) by an earlier process; returns their ids."""
+        with session_scope(self.sessions) as session:
+            ids = [job.id for job in repo.resumable_jobs(session)]
+        for job_id in ids:
+            self._worker.enqueue(job_id)
+        return ids
+
+    def get_job(self, job_id: int, *, failures: int = 20) -> JobInfo:
+        with session_scope(self.sessions) as session:
+            job = repo.get_job(session, job_id)
+            return job_info(session, job, repo.get_collection_by_id(session, job.collection_id).name, failures)
+
+    def list_jobs(
+        self, collection: str | None = None, *, states: Sequence[str] | None = None, limit: int = 100
+    ) -> list[JobInfo]:
+        with session_scope(self.sessions) as session:
+            collection_id = repo.get_collection(session, collection).id if collection else None
+            jobs = repo.list_jobs(session, collection_id=collection_id, states=states, limit=limit)
+            names = {row.id: row.name for row in repo.list_collections(session)}
+            return [job_info(session, job, names.get(job.collection_id, "?"), failures=0) for job in jobs]
+
+    def cancel_job(self, job_id: int) -> JobInfo:
+        """Cancel a queued or running job; a running one stops at its next batch, keeping what it wrote."""
+        with session_scope(self.sessions) as session:
+            job = repo.get_job(session, job_id)
+            if job.state in ("queued", "running"):
+                repo.set_job_state(session, job_id, "cancelled")
+        return self.get_job(job_id)
+
+    def wait_job(self, job_id: int, timeout_s: float | None = None, poll_s: float = 0.05) -> JobInfo:
+        """Block until the job finishes (or `timeout_s` passes) and return its state."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            info = self.get_job(job_id)
+            if info.finished or (deadline is not None and time.monotonic() >= deadline):
+                return info
+            time.sleep(poll_s)
+
+    # --- search and images --------------------------------------------------------------------------------------
+
+    def search(
+        self,
+        collection: str,
+        *,
+        text: str | None = None,
+        image: Image.Image | bytes | None = None,
+        image_id: int | None = None,
+        k: int = 10,
+        filter: Mapping[str, Any] | None = None,
+        min_score: float | None = None,
+        offset: int = 0,
+    ) -> list[Hit]:
+        """The k best images for a text (any language), an image, or an indexed image (itself excluded)."""
+        check_query(text, image, image_id, k, offset)
+        check_filter(filter)
+        live = self._fresh(collection)
+        encoder = self._collection_encoder(live)
+        if text is not None:
+            query = text_query_vector(encoder, text)
+        elif image is not None:
+            query = image_query_vector(encoder, image, max_pixels=self.config.max_image_pixels)
+        else:
+            path = self.image_path(collection, image_id)
+            query = image_query_vector(encoder, path.read_bytes(), max_pixels=self.config.max_image_pixels)
+        with session_scope(self.sessions) as session:
+            allowed = repo.ids_matching_filter(session, live.id, filter) if filter else None
+        pairs = nearest(live.store, query, k=k, offset=offset, allowed=allowed, min_score=min_score, exclude=image_id)
+        with session_scope(self.sessions) as session:
+            return hydrate(session, live.id, pairs)
+
+    def _image_row(self, session: Session, collection: str, image_id: int):  # noqa: ANN202 - tables.Image
+        row = repo.get_collection(session, collection)
+        image = repo.get_image(session, int(image_id))
+        if image.collection_id != row.id or image.status == "deleted":
+            raise NotFound(f"Image id {image_id} not found in collection {collection!r}")
+        return image
+
+    def get_image(self, collection: str, image_id: int) -> ImageInfo:
+        with session_scope(self.sessions) as session:
+            image = self._image_row(session, collection, image_id)
+            return _image_info(image, collection)
+
+    def image_path(self, collection: str, image_id: int) -> Path:
+        """The stored original file of an image."""
+        info = self.get_image(collection, image_id)
+        path = self._live_by_name(collection).files.originals.path(info.sha256)
+        if not path.is_file():
+            raise NotFound(f"the original of image {image_id} is not stored (store_originals was off)")
+        return path
+
+    def delete_images(self, collection: str, ids: Sequence[int]) -> int:
+        """Remove images from search, the embeddings and the originals; returns how many were deleted."""
+        live = self._live_by_name(collection)
+        wanted = sorted({int(i) for i in ids})
+        with live.lock:
+            self.ensure_reconciled(live)
+            embeddings = live.embeddings()
+            with session_scope(self.sessions) as session:
+                images = [im for im in repo.get_images(session, wanted) if im.collection_id == live.id]
+                images = [im for im in images if im.status != "deleted"]
+                missing = set(wanted) - {im.id for im in images}
+                if missing:
+                    raise NotFound(f"Images {sorted(missing)[:20]} not found in collection {collection!r}")
+                repo.set_image_status(session, wanted, "deleted")
+                version = repo.bump_index_version(session, live.id)
+            # After the commit: a crash from here on leaves vectors of deleted rows, which reconciliation drops.
+            embeddings.delete(wanted)
+            live.store.remove(wanted)
+            live.store.version = version
+            live.changed()
+            live.save()
+            for image in images:
+                live.files.originals.delete(image.sha256)
+        return len(images)
+
+    def update_metadata(
+        self, collection: str, image_id: int, metadata: Mapping[str, Any] | None, *, merge: bool = False
+    ) -> ImageInfo:
+        """Replace an image's metadata (or merge keys into it with `merge=True`; a None value removes a key)."""
+        with session_scope(self.sessions) as session:
+            image = self._image_row(session, collection, image_id)
+            if merge:
+                merged = {**(image.meta or {}), **dict(metadata or {})}
+                metadata = {k: v for k, v in merged.items() if v is not None}
+            image = repo.set_image_metadata(session, image.id, metadata)
+            return _image_info(image, collection)
+
+
+def _image_info(image, collection: str) -> ImageInfo:  # noqa: ANN001 - tables.Image
+    return ImageInfo(
+        id=image.id,
+        collection=collection,
+        sha256=image.sha256,
+        source=image.source,
+        width=image.width,
+        height=image.height,
+        format=image.format,
+        byte_size=image.byte_size,
+        metadata=dict(image.meta or {}),
+        status=image.status,
+        created_at=image.created_at,
+    )
+
+
+__all__ = ["CollectionInfo", "Engine", "ImageInfo", "target_kind"]

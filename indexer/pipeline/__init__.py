@@ -1,0 +1,1 @@
+"""Ingestion stages: sources (paths, URLs, uploads, manifests) -> decode -> embed -> write, composed by runner."""

@@ -1,0 +1,132 @@
+"""Decode: bytes -> an upright RGB image -> the encoder's pixel tensor, in a pool of threads.
+
+Every hostile input ends as a `DecodeError` whose message is the ledger reason, never as a crash: empty files,
+unknown formats, headers declaring more than `max_pixels` (refused from the header, before any pixel is decoded),
+animations with more than `max_frames` frames (only the first frame is used), truncated or corrupt data, and modes
+`to_rgb` cannot convert. Pillow and torch release the GIL while decoding and resizing, so threads scale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from indexer.pipeline.flow import Prepared, Settled, StageClock
+from indexer.pipeline.paths import SourceError
+from internvl_models.errors import InputError
+from internvl_models.transforms import to_rgb
+
+log = logging.getLogger("internvl_search.pipeline")
+
+
+class DecodeError(Exception):
+    """Bytes that are not a usable image; the message is the ledger reason."""
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    image: Image.Image  # 8-bit RGB, EXIF orientation applied
+    width: int
+    height: int
+    format: str | None
+    frames: int
+
+
+def decode_image(data: bytes, *, max_pixels: int, max_frames: int) -> DecodedImage:
+    """Decode the first frame of `data`; `DecodeError` with a clear reason for anything unusable."""
+    if not data:
+        raise DecodeError("empty file (0 bytes)")
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise DecodeError(f"refused as a decompression bomb: {exc}") from None
+    except UnidentifiedImageError:
+        raise DecodeError("not an image: the format is not recognised") from None
+    except Exception as exc:  # Pillow's plugins raise many types for a mangled header
+        raise DecodeError(f"unreadable image header: {type(exc).__name__}: {exc}") from None
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise DecodeError(f"image has no pixels ({width}x{height})")
+    if width * height > max_pixels:
+        raise DecodeError(
+            f"image declares {width}x{height} = {width * height:,} pixels, more than the limit of {max_pixels:,} "
+            "(refused before decoding)"
+        )
+    try:
+        # Counting frames parses the container only (no pixel data), so it is cheap even for long animations.
+        frames = int(getattr(image, "n_frames", 1))
+    except Exception as exc:
+        raise DecodeError(f"corrupt animation: {type(exc).__name__}: {exc}") from None
+    if frames > max_frames:
+        raise DecodeError(f"animation has {frames:,} frames, more than the limit of {max_frames:,}")
+    try:
+        rgb = to_rgb(image)
+    except InputError as exc:
+        raise DecodeError(f"truncated or corrupt image data: {exc}".replace("cannot decode image: ", "")) from None
+    except Exception as exc:
+        raise DecodeError(f"cannot decode image: {type(exc).__name__}: {exc}") from None
+    return DecodedImage(rgb, rgb.width, rgb.height, image.format, frames)
+
+
+class ItemPreparer:
+    """fetch -> sha256 -> catalog dedup -> decode -> preprocess -> keep the original; runs in the decode threads."""
+
+    def __init__(
+        self,
+        fetch: Callable[[Any], bytes],
+        find_indexed: Callable[[str], int | None],
+        preprocess: Callable[[Image.Image], torch.Tensor],
+        keep_original: Callable[[str, bytes], object] | None,
+        *,
+        max_pixels: int,
+        max_frames: int,
+        clock: StageClock,
+    ) -> None:
+        self.fetch, self.find_indexed, self.preprocess = fetch, find_indexed, preprocess
+        self.keep_original, self.max_pixels, self.max_frames, self.clock = keep_original, max_pixels, max_frames, clock
+
+    def __call__(self, position: int, spec: Any) -> Prepared | Settled:
+        """The item ready to embed, or its settled outcome. Errors of the item itself (unreadable, not an image)
+        settle it as failed; errors of the engine's own storage (catalog, disk) propagate and fail the job, so
+        that its items stay pending for a retry instead of being marked failed for a reason not theirs."""
+        start = time.perf_counter()
+        try:
+            data = self.fetch(spec)
+        except SourceError as exc:
+            return Settled(position, "failed", str(exc))
+        except Exception as exc:
+            return _unexpected(position, exc)
+        sha = hashlib.sha256(data).hexdigest()
+        self.clock.add("fetch_s", time.perf_counter() - start)
+        existing = self.find_indexed(sha)
+        if existing is not None:
+            # Checked before decoding, so re-running a folder costs one hash per known image, not a decode.
+            return Settled(position, "skipped", f"duplicate of image {existing}", existing)
+        start = time.perf_counter()
+        try:
+            decoded = decode_image(data, max_pixels=self.max_pixels, max_frames=self.max_frames)
+            pixels = self.preprocess(decoded.image)
+        except DecodeError as exc:
+            return Settled(position, "failed", str(exc))
+        except Exception as exc:
+            return _unexpected(position, exc)
+        if self.keep_original is not None:
+            self.keep_original(sha, data)
+        self.clock.add("decode_s", time.perf_counter() - start)
+        return Prepared(
+            position, sha, spec.display, len(data), decoded.width, decoded.height, decoded.format, spec.meta, pixels
+        )
+
+
+def _unexpected(position: int, exc: Exception) -> Settled:
+    # The last line of defence: one bad input must never stop the job.
+    log.exception("unexpected error preparing item", extra={"position": position})
+    return Settled(position, "failed", f"unexpected error: {type(exc).__name__}: {exc}")

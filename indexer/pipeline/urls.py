@@ -1,0 +1,149 @@
+"""Downloading an image URL without letting the caller reach the service's own network (SSRF).
+
+Each hop: http/https only; the host is resolved once and every address it resolves to is checked (loopback,
+private, link-local including the metadata address 169.254.169.254, multicast, reserved, unspecified, and IPv6
+forms embedding an IPv4 address: IPv4-mapped, 6to4, Teredo, NAT64); the connection goes to that checked address
+(the name travels in the Host header and TLS SNI, so certificates are still verified against it), which defeats DNS
+rebinding between check and connect. Redirects are followed by hand so each location is checked again. Timeouts
+bound the connect, each read and the whole download; the size cap holds on the bytes as they arrive."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from dataclasses import dataclass
+from urllib.parse import urljoin
+
+import httpx
+
+from indexer.pipeline.paths import SourceError
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_METADATA = ipaddress.ip_address("169.254.169.254")
+
+
+def address_refusal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why `ip` is not a public unicast address (None when it is one)."""
+    if ip.version == 6:
+        embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if embedded is None and ip in _NAT64:
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None:
+            inner = address_refusal(embedded)
+            return f"{inner} (embedded in {ip})" if inner else None
+    if ip == _METADATA:
+        return "the cloud metadata address"
+    for attribute, name in (
+        ("is_unspecified", "an unspecified address"),
+        ("is_loopback", "a loopback address"),
+        ("is_link_local", "a link-local address"),
+        ("is_multicast", "a multicast address"),
+        ("is_private", "a private address"),
+        ("is_reserved", "a reserved address"),
+    ):
+        if getattr(ip, attribute):
+            return name
+    return None if ip.is_global else "a non-public address"
+
+
+class Downloader:
+    """Fetches URLs with the checks above; one per job, shared by its decode threads (httpx clients are)."""
+
+    def __init__(
+        self,
+        *,
+        allow_private: bool = False,
+        connect_timeout_s: float = 5.0,
+        read_timeout_s: float = 20.0,
+        total_timeout_s: float = 60.0,
+        max_redirects: int = 5,
+        max_bytes: int = 50 * 2**20,
+    ) -> None:
+        self.allow_private = allow_private
+        self.total_timeout_s = total_timeout_s
+        self.max_redirects = max_redirects
+        self.max_bytes = max_bytes
+        timeout = httpx.Timeout(connect=connect_timeout_s, read=read_timeout_s, write=read_timeout_s, pool=60.0)
+        # trust_env=False: a proxy from the environment would connect to the *name* and undo the address check.
+        self._client = httpx.Client(
+            timeout=timeout, follow_redirects=False, trust_env=False, headers={"User-Agent": "internvl-search"}
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def download(self, url: str) -> bytes:
+        """The body of `url`; `SourceError` with the reason for every refusal or failure."""
+        deadline = time.monotonic() + self.total_timeout_s
+        for _ in range(self.max_redirects + 1):
+            target = self._check(url)
+            try:
+                with self._client.stream("GET", target.url, headers=target.headers, extensions=target.extensions) as r:
+                    if r.is_redirect and "location" in r.headers:
+                        url = urljoin(url, r.headers["location"])
+                        continue
+                    if r.status_code >= 400:
+                        raise SourceError(f"HTTP {r.status_code} {r.reason_phrase}".rstrip())
+                    return self._read(r, deadline)
+            except httpx.TimeoutException as exc:
+                raise SourceError(f"download timed out ({type(exc).__name__})") from None
+            except httpx.HTTPError as exc:
+                raise SourceError(f"download failed: {type(exc).__name__}: {exc}") from None
+        raise SourceError(f"more than {self.max_redirects} redirects")
+
+    def _check(self, url: str) -> _Target:
+        try:
+            parsed = httpx.URL(url)
+        except (httpx.InvalidURL, TypeError, ValueError) as exc:
+            raise SourceError(f"invalid URL: {exc}") from None
+        if parsed.scheme not in ("http", "https"):
+            raise SourceError(f"URL scheme {parsed.scheme!r} is not allowed (only http and https)")
+        if not parsed.host:
+            raise SourceError("URL has no host")
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        address = self._resolve(parsed.host, port)
+        return _Target(
+            url=parsed.copy_with(host=address),
+            headers={"Host": parsed.netloc.decode("ascii")},
+            extensions={"sni_hostname": parsed.host} if parsed.scheme == "https" else {},
+        )
+
+    def _resolve(self, host: str, port: int) -> str:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError) as exc:
+            raise SourceError(f"cannot resolve host {host!r}: {exc}") from None
+        addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos))
+        if not addresses:
+            raise SourceError(f"host {host!r} has no address")
+        if not self.allow_private:
+            # Every address must pass, or a name with one public and one private record could be steered.
+            for ip in addresses:
+                reason = address_refusal(ip)
+                if reason:
+                    raise SourceError(f"refused: host {host!r} resolves to {reason} ({ip}); private URLs are disabled")
+        return str(addresses[0])
+
+    def _read(self, response: httpx.Response, deadline: float) -> bytes:
+        declared = response.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self.max_bytes:
+            raise SourceError(f"download is {int(declared):,} bytes, more than the limit of {self.max_bytes:,}")
+        chunks, size = [], 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > self.max_bytes:
+                raise SourceError(f"download exceeds the limit of {self.max_bytes:,} bytes")
+            if time.monotonic() > deadline:
+                raise SourceError(f"download took longer than {self.total_timeout_s:g} s")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+@dataclass(frozen=True)
+class _Target:
+    """One checked hop: the URL pinned to the checked address, and the name for Host and SNI."""
+
+    url: httpx.URL
+    headers: dict[str, str]
+    extensions: dict[str, str]

@@ -1,0 +1,176 @@
+"""Files under the data directory: one folder per collection (index, embeddings, originals), job staging, locks.
+
+    <data_dir>/collections/<id>/index.ivs          the saved vector store (derived; rebuilt when absent or corrupt)
+    <data_dir>/collections/<id>/embeddings/        durable float16 embedding shards (EmbeddingStore)
+    <data_dir>/collections/<id>/originals/ab/<sha>  each original image, content-addressed by its sha256
+    <data_dir>/collections/<id>/collection.json    what the catalog row cannot hold (the encoder checkpoint)
+    <data_dir>/collections/<id>/write.lock         flock: one writing process per collection
+    <data_dir>/jobs/<job id>/                      uploads staged until their job ends
+
+Collection ids are never reused (see catalog/tables.py), so a folder left behind by an interrupted delete can never
+be mistaken for a new collection's; `remove_orphans` sweeps them at start-up.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from indexer.vector_store.base import atomic_write, fsync_dir
+
+
+class CollectionFiles:
+    """Paths of one collection's files."""
+
+    def __init__(self, data_dir: Path, collection_id: int) -> None:
+        self.root = Path(data_dir) / "collections" / str(int(collection_id))
+        self.index_path = self.root / "index.ivs"
+        self.embeddings_dir = self.root / "embeddings"
+        self.originals = OriginalStore(self.root / "originals")
+        self.info_path = self.root / "collection.json"
+        self.lock_path = self.root / "write.lock"
+
+    def write_info(self, info: dict[str, Any]) -> None:
+        atomic_write(self.info_path, [json.dumps(info, sort_keys=True).encode()])
+
+    def read_info(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.info_path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def remove(self) -> None:
+        """Delete every file of the collection: renamed aside first, so a crash never leaves half a folder in use."""
+        if not self.root.exists():
+            return
+        trash = self.root.with_name(f".deleted-{self.root.name}")
+        os.replace(self.root, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def remove_orphans(data_dir: Path, live_ids: Iterable[int]) -> list[Path]:
+    """Delete what interrupted collection deletes left behind; returns the folders removed.
+
+    A folder whose id is above every committed collection's may belong to a collection being created right now
+    by another process (its row is not committed yet), so only lower ids and renamed-aside trash are swept.
+    """
+    base = Path(data_dir) / "collections"
+    if not base.is_dir():
+        return []
+    keep = {int(i) for i in live_ids}
+    newest = max(keep, default=0)
+    removed = []
+    for path in base.iterdir():
+        stale = path.name.isdigit() and int(path.name) not in keep and int(path.name) <= newest
+        if path.is_dir() and (stale or path.name.startswith(".deleted-")):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+class OriginalStore:
+    """Content-addressed original files; writing the same content twice is a no-op."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._unsynced: set[Path] = set()
+        self._lock = threading.Lock()
+
+    def path(self, sha256: str) -> Path:
+        return self.root / sha256[:2] / sha256
+
+    def put(self, sha256: str, data: bytes) -> Path:
+        """Store `data` under its hash: the file content is durable on return, its directory entry after `sync`."""
+        path = self.path(sha256)
+        if path.is_file() and path.stat().st_size == len(data):
+            return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{sha256[:16]}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        with self._lock:
+            self._unsynced.add(path.parent)
+        return path
+
+    def sync(self) -> None:
+        """Make the renames of every `put` since the last sync durable (one fsync per directory, not per file)."""
+        with self._lock:
+            pending, self._unsynced = self._unsynced, set()
+        for directory in pending:
+            fsync_dir(directory)
+
+    def delete(self, sha256: str) -> None:
+        self.path(sha256).unlink(missing_ok=True)
+
+
+class WriteLock:
+    """One writer per collection: a re-entrant lock within the process plus `flock` across processes.
+
+    A CLI `index` and a running server may share a data directory; without the file lock both would append
+    embedding shards with the same sequence numbers.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._thread_lock = threading.RLock()
+        self._depth = 0
+        self._fd: int | None = None
+
+    def acquire(self, blocking: bool = True) -> bool:
+        if not self._thread_lock.acquire(blocking=blocking):
+            return False
+        if self._depth == 0:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            except BlockingIOError:
+                os.close(fd)
+                self._thread_lock.release()
+                return False
+            self._fd = fd
+        self._depth += 1
+        return True
+
+    def release(self) -> None:
+        self._depth -= 1
+        if self._depth == 0 and self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+        self._thread_lock.release()
+
+    @property
+    def held(self) -> bool:
+        """True while some thread of this process holds the lock."""
+        return self._depth > 0
+
+    def __enter__(self) -> WriteLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def staging_dir(data_dir: Path, job_id: int) -> Path:
+    """Where a job's uploaded files wait for the pipeline; removed when the job ends."""
+    return Path(data_dir) / "jobs" / str(int(job_id))
+
+
+def remove_staging(data_dir: Path, job_id: int) -> None:
+    shutil.rmtree(staging_dir(data_dir, job_id), ignore_errors=True)
