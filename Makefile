@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/internvl-search demo
+	$(VENV)/bin/internvl-search demo $(if $(wildcard ../shared/images),--photos ../shared/images)
 
 # PostgreSQL tests read DATABASE_URL and skip cleanly when nothing answers there.
 test: export DATABASE_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test

@@ -160,17 +160,25 @@ def serve(
 
 
 @cli.command()
-def demo() -> None:
-    """Prepare the embedded defaults (data dir, catalog) and run the service: what `make run` does."""
+def demo(
+    scenes: int = typer.Option(300, min=1, max=100_000, help="Shapes-world scenes in the demo corpus."),
+    photos: Path | None = typer.Option(None, help="A folder of photos to index as well."),
+) -> None:
+    """Index a shapes-world demo corpus with the default encoder, show searches, run the service (`make run`)."""
+    from .demo import example_searches, prepare_demo
+
     settings = load_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    _upgrade_catalog(settings)
+    with _engine(settings) as engine:
+        _engine_call(lambda: prepare_demo(engine, settings.data_dir, scenes, photos, typer.echo))
+        _engine_call(lambda: example_searches(engine, typer.echo))
     base = f"http://{settings.host}:{settings.port}"
     typer.echo(
-        f"internvl-search {__version__}: data in {settings.data_dir.resolve()}\n"
-        f"  open   {base}/docs      (API documentation)\n"
+        f"\ninternvl-search {__version__}: data in {settings.data_dir.resolve()}\n"
+        f"  open   {base}/          (search page)\n"
+        f"         {base}/docs      (API documentation)\n"
         f"  try    curl {base}/healthz\n"
-        f"         curl {base}/readyz\n"
+        f"         internvl-search search 'ein roter Kreis' -c demo\n"
         "Stop with Ctrl-C."
     )
     _serve(settings)

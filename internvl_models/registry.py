@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -17,8 +18,16 @@ from .encoder import Encoder
 from .errors import UnknownModelError
 
 OPENCLIP_PREFIX = "openclip:"
-# The official release. Once the embedded shapes-world checkpoint ships, it becomes the default instead.
-DEFAULT_INTERNVL_CHECKPOINT = "OpenGVLab/InternVL-14B-224px"
+OFFICIAL_INTERNVL_CHECKPOINT = "OpenGVLab/InternVL-14B-224px"
+# The embedded default: a tiny InternVL-C/G trained on the shapes world, shipped in the package (MODEL_CARD.md).
+SHAPES_WORLD_CHECKPOINT = Path(__file__).parent / "shapes_world" / "weights" / "internvl-shapes"
+
+
+def default_internvl_checkpoint() -> str:
+    """The shipped shapes-world checkpoint when present (it is in every install), else the official release."""
+    if (SHAPES_WORLD_CHECKPOINT / "config.json").is_file():
+        return str(SHAPES_WORLD_CHECKPOINT)
+    return OFFICIAL_INTERNVL_CHECKPOINT
 
 EncoderFactory = Callable[..., Encoder]
 
@@ -84,7 +93,7 @@ def _internvl_factory(mode: str) -> EncoderFactory:
     def build(checkpoint: str | os.PathLike[str] | None, **options: object) -> Encoder:
         from .internvl_encoder import InternVLEncoder
 
-        return InternVLEncoder.from_pretrained(checkpoint or DEFAULT_INTERNVL_CHECKPOINT, mode=mode, **options)
+        return InternVLEncoder.from_pretrained(checkpoint or default_internvl_checkpoint(), mode=mode, **options)
 
     return build
 
