@@ -1,32 +1,66 @@
-"""`create_app(settings)`: the FastAPI application, its middleware, routers and error handlers."""
+"""`create_app(settings)`: the FastAPI application, its lifespan (engine, batchers), middleware, routers, handlers.
+
+Nothing heavy happens at import or in `create_app`: the engine is opened (catalog migrated, indexes loaded,
+interrupted jobs resumed) in the lifespan, and the encoders of existing collections load in a background thread
+that /readyz reports on.
+"""
 
 from __future__ import annotations
 
+import threading
 import uuid
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.staticfiles import StaticFiles
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from . import __version__
+from .auth import LimitsMiddleware
 from .errors import install_error_handlers
 from .logs import request_id_var
 from .metrics import install_metrics
 from .routes import api_router
+from .routes.web import WEB_DIR
 from .settings import Settings, get_settings
 
+if TYPE_CHECKING:
+    from indexer import Engine
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+
+def create_app(settings: Settings | None = None, *, engine: Engine | None = None, batching: bool = True) -> FastAPI:
+    """The service. With `engine`, that open engine is served (and left open); otherwise one is built from settings.
+
+    `batching=False` encodes every text query on its own (the benchmark's baseline).
+    """
     settings = settings or get_settings()
     app = FastAPI(
         title="internvl-search",
         version=__version__,
         description="Image embedding, search and zero-shot classification with InternVL-C/G and open_clip encoders.",
+        lifespan=_lifespan,
+        docs_url=None,  # FastAPI's pages load Swagger UI / ReDoc from a CDN; /docs is served from app/web instead
+        redoc_url=None,
     )
     app.state.settings = settings
-    app.state.readiness = lambda: {"server": "ok"}
+    app.state.engine = engine
+    app.state.owns_engine = engine is None
+    app.state.batching = batching
+    app.state.models = {"state": "not started"}
+    app.state.readiness = lambda: readiness(app)
     install_error_handlers(app)
     install_metrics(app)
+    app.state.gauge_sources.append(lambda: service_gauges(app))
     app.include_router(api_router)
+    app.mount("/web", StaticFiles(directory=WEB_DIR), name="web")
+    # Starlette's limiter counts streamed bodies (FastAPI turns its signal into a 413 our handler formats); ours,
+    # outside it, refuses a too-large Content-Length up front in the one error schema and bounds request time.
+    app.add_middleware(RequestBodyLimitMiddleware, max_body_size=settings.max_upload_bytes)
+    app.add_middleware(LimitsMiddleware, max_body_bytes=settings.max_upload_bytes, timeout_s=settings.request_timeout_s)
 
     @app.middleware("http")
     async def request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -42,3 +76,76 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return response
 
     return app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    from .deps import Searcher
+
+    settings: Settings = app.state.settings
+    if app.state.engine is None:
+        app.state.engine = await run_in_threadpool(_open_engine, settings)
+    engine = app.state.engine
+    app.state.searcher = Searcher(engine, settings, batching=app.state.batching)
+    threading.Thread(target=_load_models, args=(app,), name="load-models", daemon=True).start()
+    try:
+        yield
+    finally:
+        app.state.searcher.close()
+        if app.state.owns_engine:
+            await run_in_threadpool(engine.close)
+            app.state.engine = None
+
+
+def _open_engine(settings: Settings) -> Engine:
+    from .cli import _engine
+
+    engine = _engine(settings, load_collections=True)
+    engine.resume_jobs()  # interrupted jobs are the service's to finish
+    return engine
+
+
+def _load_models(app: FastAPI) -> None:
+    """Load every collection's encoder, so the first search does not pay for it; /readyz waits for this."""
+    app.state.models = {"state": "loading"}
+    try:
+        for info in app.state.engine.list_collections():
+            app.state.engine.encoder(info.encoder, info.checkpoint)
+        app.state.models = {"state": "ok"}
+    except Exception as exc:  # noqa: BLE001 - reported by /readyz, the service still answers what it can
+        app.state.models = {"state": f"error: {type(exc).__name__}: {exc}"[:300]}
+
+
+def readiness(app: FastAPI) -> dict[str, str]:
+    engine = getattr(app.state, "engine", None)
+    if engine is None:
+        return {"server": "ok", "catalog": "not open", "indexes": "not open", "models": "not loaded"}
+    checks = {"server": "ok", "models": app.state.models["state"]}
+    try:
+        from sqlalchemy import text
+
+        with engine.sessions() as session:
+            session.execute(text("SELECT 1"))
+        checks["catalog"] = "ok"
+    except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
+        checks["catalog"] = f"error: {type(exc).__name__}"
+    try:  # loads (and reconciles) every collection's index that is not loaded yet
+        engine.list_collections()
+        checks["indexes"] = "ok"
+    except Exception as exc:  # noqa: BLE001
+        checks["indexes"] = f"error: {type(exc).__name__}: {exc}"[:300]
+    return checks
+
+
+def service_gauges(app: FastAPI) -> Iterable[tuple[str, str, dict[str, str], float]]:
+    """Index sizes, job counts by state and micro-batcher queue depths, read at scrape time."""
+    engine = getattr(app.state, "engine", None)
+    if engine is None:
+        return
+    for info in engine.list_collections():
+        yield "internvl_search_index_vectors", "Vectors served per collection", {"collection": info.name}, info.vectors
+    states = Counter(job.state for job in engine.list_jobs(limit=1000))
+    for state in ("queued", "running", "done", "failed", "cancelled"):
+        yield "internvl_search_jobs", "Jobs by state (the newest 1000)", {"state": state}, states.get(state, 0)
+    for name, depth in app.state.searcher.queue_depths().items():
+        yield "internvl_search_batch_queue_depth", "Items waiting for a micro-batch", {"batcher": name}, depth

@@ -2,7 +2,8 @@
 
 from fastapi import APIRouter
 
-from . import health
+from . import classify, collections, embed, health, images, index, jobs, search, web
 
 api_router = APIRouter()
-api_router.include_router(health.router)
+for module in (health, collections, index, jobs, search, images, classify, embed, web):
+    api_router.include_router(module.router)

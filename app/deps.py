@@ -1,0 +1,233 @@
+"""Request-scoped objects as `Annotated` aliases (SettingsDep, EngineDep, SearcherDep, ReadKey/WriteKey), and the
+`Searcher` that joins the engine with the cross-request text micro-batcher."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+
+from indexer import Engine, InvalidInput
+from indexer.classify import classify, embed
+from indexer.vector_query import (
+    collapse_duplicates,
+    collection_encoder,
+    decode_base64,
+    decode_query_image,
+    image_vector,
+    query_image_bytes,
+    search_vector,
+)
+from internvl_models import Encoder
+
+from . import schemas
+from . import schemas_classify as cschemas
+from .auth import require_scope
+from .batching import MicroBatcher
+from .settings import Settings
+
+
+def get_app_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_engine(request: Request) -> Engine:
+    engine = getattr(request.app.state, "engine", None)
+    if engine is None:
+        raise HTTPException(503, "the engine is not open yet; retry shortly", {"Retry-After": "1"})
+    return engine
+
+
+def get_searcher(request: Request) -> Searcher:
+    get_engine(request)
+    return request.app.state.searcher
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+EngineDep = Annotated[Engine, Depends(get_engine)]
+ReadKey = Depends(require_scope("read"))
+WriteKey = Depends(require_scope("write"))
+
+
+class Searcher:
+    """Search, classify and embed for the HTTP layer: limits from settings, text queries micro-batched per encoder.
+
+    With `batching=True`, concurrent text searches on one encoder wait up to a few milliseconds for each other and
+    share one forward pass; with False each request encodes alone (the benchmark's baseline).
+    """
+
+    def __init__(self, engine: Engine, settings: Settings, *, batching: bool = True, max_wait_s: float = 0.005) -> None:
+        self.engine, self.settings, self.batching, self.max_wait_s = engine, settings, batching, max_wait_s
+        self._batchers: dict[str, MicroBatcher[str, object]] = {}
+        self._lock = threading.Lock()
+
+    def batcher(self, encoder: Encoder) -> MicroBatcher:
+        with self._lock:
+            batcher = self._batchers.get(encoder.fingerprint)
+            if batcher is None:
+                batcher = MicroBatcher(
+                    f"text:{encoder.name}:{encoder.fingerprint[:8]}",
+                    encoder.encode_texts,
+                    max_batch=self.settings.text_batch_size,
+                    max_wait_s=self.max_wait_s,
+                )
+                self._batchers[encoder.fingerprint] = batcher
+            return batcher
+
+    def queue_depths(self) -> dict[str, int]:
+        with self._lock:
+            return {name: b.depth for name, b in ((b.name, b) for b in self._batchers.values())}
+
+    def close(self) -> None:
+        with self._lock:
+            batchers, self._batchers = list(self._batchers.values()), {}
+        for batcher in batchers:
+            batcher.close()
+
+    def check_text(self, text: str | None) -> None:
+        if text is not None and len(text) > self.settings.max_text_chars:
+            raise InvalidInput(f"text has {len(text):,} characters; the limit is {self.settings.max_text_chars:,}")
+
+    async def text_vector(self, encoder: Encoder, text: str):  # noqa: ANN201 - (1, dim) numpy array
+        if self.batching:
+            return (await self.batcher(encoder).run(text)).reshape(1, -1)
+        return await run_in_threadpool(encoder.encode_texts, [text])
+
+    async def search(self, req: schemas.SearchRequest, upload: bytes | None = None) -> schemas.SearchResponse:
+        """One search request: the query vector (batched for text), then filter + nearest + hydrate."""
+        start = time.perf_counter()
+        self.check_text(req.text)
+        if req.k > self.settings.max_k:
+            raise InvalidInput(f"k must be at most {self.settings.max_k}, got {req.k}")
+        encoder = await run_in_threadpool(collection_encoder, self.engine, req.collection)
+        if req.text is not None:
+            query = await self.text_vector(encoder, req.text)
+        else:
+            query = await run_in_threadpool(self._image_query, encoder, req, upload)
+        hits = await run_in_threadpool(
+            search_vector, self.engine, req.collection, query, k=req.k, filter=req.filter,
+            min_score=req.min_score, offset=req.offset, exclude=req.image_id,
+        )  # fmt: skip
+        if req.collapse_duplicates:
+            hits = collapse_duplicates(hits)
+        took_ms = (time.perf_counter() - start) * 1000
+        return schemas.SearchResponse(
+            collection=req.collection, results=[schemas.hit_out(req.collection, h) for h in hits], took_ms=took_ms
+        )
+
+    def _image_query(self, encoder: Encoder, req: schemas.SearchRequest, upload: bytes | None):  # noqa: ANN202
+        data = upload if upload is not None else query_image_bytes(
+            self.engine, image_base64=req.image_base64, image_url=req.image_url, image_id=req.image_id,
+            collection=req.collection,
+        )  # fmt: skip
+        return image_vector(self.engine, encoder, data)
+
+    def encoder_for(self, name: str | None, collection: str | None) -> Encoder:
+        """The collection's encoder, or a named one that the service already serves (never a new download)."""
+        if collection is not None:
+            return collection_encoder(self.engine, collection)
+        name = name or self.settings.encoder
+        allowed = {self.settings.encoder} | {c.encoder for c in self.engine.list_collections()}
+        if name not in allowed:
+            raise InvalidInput(f"Unknown encoder {name!r} for this service. Available: {sorted(allowed)}")
+        return self.engine.encoder(name)
+
+    def classify(self, req: cschemas.ClassifyRequest, upload: bytes | None = None) -> cschemas.ClassifyResponse:
+        start = time.perf_counter()
+        for text in (*req.labels, *(req.templates or ())):
+            self.check_text(text)
+        encoder = self.encoder_for(req.encoder, req.collection)
+        data = upload if upload is not None else query_image_bytes(
+            self.engine, image_base64=req.image_base64, image_url=req.image_url, image_id=req.image_id,
+            collection=req.collection,
+        )  # fmt: skip
+        image = decode_query_image(self.engine, data)
+        ranked = classify(encoder, image, req.labels, language=req.language, templates=req.templates, k=req.k)
+        labels = [cschemas.LabelOut(label=r.label, probability=r.probability, cosine=r.cosine) for r in ranked]
+        return cschemas.ClassifyResponse(
+            encoder=encoder.name, labels=labels, took_ms=(time.perf_counter() - start) * 1e3
+        )
+
+    def embed(self, req: cschemas.EmbedRequest) -> cschemas.EmbedResponse:
+        for text in req.texts:
+            self.check_text(text)
+        encoder = self.encoder_for(req.encoder, None)
+        max_bytes = self.engine.config.max_source_bytes
+        images = [decode_query_image(self.engine, decode_base64(b, max_bytes)) for b in req.images_base64]
+        texts, pictures = embed(encoder, req.texts, images)
+        return cschemas.EmbedResponse(
+            encoder=encoder.name, dim=encoder.dim, fingerprint=encoder.fingerprint,
+            text_vectors=texts.tolist(), image_vectors=pictures.tolist(),
+        )  # fmt: skip
+
+
+SearcherDep = Annotated[Searcher, Depends(get_searcher)]
+
+
+async def index_request(request: Request) -> tuple[str, list, dict | None]:
+    """(collection, IngestItems, metadata) from a multipart upload or a JSON body of `schemas.IndexJson`."""
+    from pydantic import ValidationError
+
+    from indexer import IngestItem
+
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        form = await request.form(max_files=10_000, max_fields=100)
+        collection = form.get("collection")
+        if not isinstance(collection, str) or not collection:
+            raise InvalidInput("form field `collection` is required")
+        files = [f for f in form.getlist("files") if not isinstance(f, str)]
+        if not files:
+            raise InvalidInput("form field `files` must hold at least one file")
+        items = [IngestItem.upload(await f.read(), f.filename) for f in files]
+        return collection, items, json_form_field(form.get("metadata"), "metadata")
+    if kind != "application/json":
+        raise HTTPException(415, "send multipart/form-data (files + collection) or application/json")
+    try:
+        body = schemas.IndexJson.model_validate(await request.json())
+    except ValueError as exc:  # pydantic's ValidationError and JSONDecodeError are both ValueErrors
+        detail = exc.errors() if isinstance(exc, ValidationError) else str(exc)
+        raise InvalidInput(f"invalid index request: {detail}") from None
+    items = [IngestItem.url(u) for u in body.urls] + [IngestItem.path(p) for p in body.paths]
+    if body.manifest:
+        items.append(IngestItem.manifest(body.manifest))
+    if not items:
+        raise InvalidInput("give at least one of urls, paths or manifest")
+    return body.collection, items, body.metadata
+
+
+def json_form_field(value: object, field: str) -> dict | None:
+    import json
+
+    if value is None or value == "":
+        return None
+    try:
+        parsed = json.loads(value) if isinstance(value, str) else None
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise InvalidInput(f"form field `{field}` must be a JSON object")
+    return parsed
+
+
+def form_list(value: str | None, field: str) -> list[str] | None:
+    """A list of strings from a form field: a JSON list, or comma-separated text."""
+    import json
+
+    if value is None or not value.strip():
+        return None
+    if value.lstrip().startswith("["):
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, list) or not all(isinstance(v, str) for v in parsed):
+            raise InvalidInput(f"form field `{field}` must be a JSON list of strings")
+        return parsed
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+IndexRequestDep = Annotated[tuple[str, list, dict | None], Depends(index_request)]

@@ -1,0 +1,184 @@
+"""HTTP search service: latency (p50/p99) and requests/s of POST /v1/search at 1, 8 and 32 concurrent clients,
+with cross-request micro-batching on and off, against the same searches called on the engine in-process.
+
+    python -m bench.api                                   # tiny random InternVL checkpoint, 200 images
+    python -m bench.api --checkpoint path/to/internvl-c --images 2000 --requests 400 --device cuda
+
+A uvicorn server runs in this process on 127.0.0.1 (a free port; loopback only) serving an engine on a temporary
+data dir; clients are httpx async clients. Each configuration sends a bounded number of text queries (distinct
+strings, so no cache could help). "overhead" is HTTP p50 at one client minus the in-process p50 of the same call
+(encode + search), i.e. what the service layer (parsing, validation, threads, JSON, loopback TCP) adds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import platform
+import socket
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import uvicorn
+from PIL import Image
+
+from app.main import create_app
+from app.settings import load_settings
+from indexer import Engine, EngineConfig, IngestItem
+from indexer.catalog import migrate
+
+CONCURRENCY = (1, 8, 32)
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    return ordered[len(ordered) // 2], ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+def make_engine(root: Path, args: argparse.Namespace) -> Engine:
+    url = f"sqlite:///{root / 'catalog.db'}"
+    migrate.upgrade(url)
+    config = EngineConfig(
+        data_dir=root / "data", database_url=url, encoder="internvl-c", encoder_checkpoint=args.checkpoint,
+        device=args.device, job_workers=1,
+    )  # fmt: skip
+    engine = Engine(config).open()
+    engine.create_collection("bench")
+    rng = np.random.default_rng(0)
+    items = []
+    for i in range(args.images):
+        out = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(out, "PNG")
+        items.append(IngestItem.upload(out.getvalue(), f"img{i}.png"))
+    engine.run_job(engine.submit("bench", items, start=False))
+    return engine
+
+
+def in_process(engine: Engine, n: int) -> dict[str, float]:
+    """The same searches on the engine directly, one at a time, after a warm-up."""
+    for i in range(10):
+        engine.search("bench", text=f"warm-up {i}", k=10)
+    times = []
+    for i in range(n):
+        start = time.perf_counter()
+        engine.search("bench", text=f"query {i}", k=10)
+        times.append((time.perf_counter() - start) * 1e3)
+    p50, p99 = percentiles(times)
+    return {"p50_ms": round(p50, 2), "p99_ms": round(p99, 2), "requests_per_s": round(n / (sum(times) / 1e3), 1)}
+
+
+class Server:
+    """uvicorn in a background thread on 127.0.0.1; stops when the block ends."""
+
+    def __init__(self, app) -> None:  # noqa: ANN001 - FastAPI
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", log_config=None)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+async def load(base: str, clients: int, requests: int) -> dict[str, float]:
+    """`requests` searches spread over `clients` concurrent connections; latency per request, overall rate."""
+    times: list[float] = []
+    counter = iter(range(requests))
+
+    async def client(http: httpx.AsyncClient) -> None:
+        for i in counter:
+            start = time.perf_counter()
+            response = await http.post("/v1/search", json={"collection": "bench", "text": f"query {i}", "k": 10})
+            response.raise_for_status()
+            times.append((time.perf_counter() - start) * 1e3)
+
+    limits = httpx.Limits(max_connections=clients)
+    async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as http:
+        await http.post("/v1/search", json={"collection": "bench", "text": "warm-up", "k": 10})
+        start = time.perf_counter()
+        await asyncio.gather(*(client(http) for _ in range(clients)))
+        wall = time.perf_counter() - start
+    p50, p99 = percentiles(times)
+    return {"p50_ms": round(p50, 2), "p99_ms": round(p99, 2), "requests_per_s": round(requests / wall, 1)}
+
+
+def run(args: argparse.Namespace) -> dict[str, object]:
+    with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
+        root = Path(tmp)
+        engine = make_engine(root, args)
+        try:
+            settings = load_settings(data_dir=root / "data", device=args.device, encoder_checkpoint=args.checkpoint)
+            before = in_process(engine, args.requests)
+            http: dict[str, dict[str, dict[str, float]]] = {}
+            for batching in (True, False):
+                with Server(create_app(settings, engine=engine, batching=batching)) as base:
+                    label = "batching_on" if batching else "batching_off"
+                    http[label] = {f"clients_{c}": asyncio.run(load(base, c, args.requests)) for c in CONCURRENCY}
+            # Measured on both sides of the HTTP runs and averaged: a shared machine's load drifts during a run.
+            after = in_process(engine, args.requests)
+            direct = {key: round((before[key] + after[key]) / 2, 2) for key in before}
+        finally:
+            engine.close()
+    # Against the unbatched server: at one client a batcher only adds its collection window (max_wait_s).
+    overhead = http["batching_off"]["clients_1"]["p50_ms"] - direct["p50_ms"]
+    return {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}",
+        "checkpoint": args.checkpoint or "tiny random (tests/factories.py)",
+        "images": args.images,
+        "requests_per_configuration": args.requests,
+        "in_process_engine_search": direct,
+        "http": http,
+        "http_overhead_p50_ms_one_client": round(overhead, 2),
+        "median_batching_gain_rps": round(
+            statistics.median(
+                http["batching_on"][k]["requests_per_s"] / max(http["batching_off"][k]["requests_per_s"], 1e-9)
+                for k in http["batching_on"]
+            ),
+            2,
+        ),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", default=None, help="InternVL-C checkpoint; default: a tiny random one")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--requests", type=int, default=200, help="searches per configuration (bounded)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if args.requests < 1 or args.requests > 100_000:
+        parser.error("--requests must be from 1 to 100000")
+    if args.checkpoint is None:
+        import sys
+
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from factories import make_tiny_internvl_checkpoint
+
+        args.checkpoint = str(make_tiny_internvl_checkpoint(Path(tempfile.mkdtemp(prefix="bench-ckpt-")) / "tiny"))
+    results = run(args)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Queries the service answers from a vector it already has: the parts of `Engine.search` after the encoder.
+
+The HTTP layer encodes query texts through a cross-request micro-batcher (many concurrent searches, one forward
+pass), so it needs to run "filter + nearest + hydrate" from a precomputed vector. `Engine.search` offers no such
+entry point yet; this module composes the same steps from the engine's pieces (see `search_vector`).
+Query images given by base64, URL or indexed id are turned into bytes here too, under the engine's limits.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+from indexer.catalog import repo
+from indexer.catalog.db import session_scope
+from indexer.errors import InvalidInput
+from indexer.pipeline.decode import DecodeError, decode_image
+from indexer.pipeline.paths import SourceError
+from indexer.pipeline.urls import Downloader
+from indexer.search import Hit, check_filter, check_query, hydrate, image_query_vector, nearest
+from internvl_models import Encoder
+
+if TYPE_CHECKING:
+    from indexer.engine import Engine
+
+
+def collection_encoder(engine: Engine, collection: str) -> Encoder:
+    """The encoder whose space the collection's vectors live in (Conflict when the weights changed)."""
+    # TODO(engine): a public `Engine.collection_encoder(name)` would replace these two private calls.
+    return engine._collection_encoder(engine._fresh(collection))
+
+
+def search_vector(
+    engine: Engine,
+    collection: str,
+    query: np.ndarray,
+    *,
+    k: int = 10,
+    filter: Mapping[str, Any] | None = None,
+    min_score: float | None = None,
+    offset: int = 0,
+    exclude: int | None = None,
+) -> list[Hit]:
+    """`Engine.search` from a (1, dim) unit query vector of the collection's encoder."""
+    check_query(None, None, 0, k, offset)  # validates k and offset (the query itself is the vector)
+    check_filter(filter)
+    live = engine._fresh(collection)
+    query = np.asarray(query, dtype=np.float32).reshape(1, -1)
+    if query.shape[1] != live.dim:
+        raise InvalidInput(f"query vector has {query.shape[1]} dimensions, the collection {live.dim}")
+    with session_scope(engine.sessions) as session:
+        allowed = repo.ids_matching_filter(session, live.id, filter) if filter else None
+    pairs = nearest(live.store, query, k=k, offset=offset, allowed=allowed, min_score=min_score, exclude=exclude)
+    with session_scope(engine.sessions) as session:
+        return hydrate(session, live.id, pairs)
+
+
+def collapse_duplicates(hits: list[Hit], tolerance: float = 1e-4) -> list[Hit]:
+    """Drop hits that look like copies of a better one: same pixel size and (nearly) the same score.
+
+    Exact copies never reach here (ingestion deduplicates by content hash); this catches re-encodes and resaves,
+    whose vectors, and therefore scores against any query, differ only in the last digits.
+    """
+    kept: list[Hit] = []
+    for hit in hits:
+        if any(abs(hit.score - k.score) <= tolerance and (hit.width, hit.height) == (k.width, k.height) for k in kept):
+            continue
+        kept.append(hit)
+    return kept
+
+
+def query_image_bytes(
+    engine: Engine,
+    *,
+    image_base64: str | None = None,
+    image_url: str | None = None,
+    image_id: int | None = None,
+    collection: str | None = None,
+) -> bytes:
+    """The bytes of a query image given inline (base64), by URL (SSRF-checked) or as an indexed image id."""
+    given = [n for n, v in (("image_base64", image_base64), ("image_url", image_url), ("image_id", image_id)) if v]
+    if len(given) != 1:
+        raise InvalidInput(f"give exactly one of image_base64, image_url or image_id (got {given or 'none'})")
+    if image_base64 is not None:
+        return decode_base64(image_base64, engine.config.max_source_bytes)
+    if image_url is not None:
+        return download(engine, image_url)
+    if collection is None:
+        raise InvalidInput("image_id needs the collection it belongs to")
+    return engine.image_path(collection, int(image_id)).read_bytes()
+
+
+def decode_base64(text: str, max_bytes: int) -> bytes:
+    if "," in text[:100] and text.startswith("data:"):  # a data: URL as browsers produce it
+        text = text.split(",", 1)[1]
+    if len(text) > (max_bytes * 4) // 3 + 4:
+        raise InvalidInput(f"image_base64 decodes to more than {max_bytes:,} bytes")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput("image_base64 is not valid base64") from None
+
+
+def download(engine: Engine, url: str) -> bytes:
+    config = engine.config
+    downloader = Downloader(
+        allow_private=config.allow_private_urls,
+        connect_timeout_s=config.url_connect_timeout_s,
+        read_timeout_s=config.url_read_timeout_s,
+        total_timeout_s=config.url_total_timeout_s,
+        max_redirects=config.url_max_redirects,
+        max_bytes=config.max_source_bytes,
+    )
+    try:
+        return downloader.download(url)
+    except SourceError as exc:
+        raise InvalidInput(f"image_url: {exc}") from None
+    finally:
+        downloader.close()
+
+
+def decode_query_image(engine: Engine, data: bytes) -> Image.Image:
+    """8-bit RGB image from bytes, refused (InvalidInput) when it is not an image or exceeds the pixel limit."""
+    try:
+        return decode_image(data, max_pixels=engine.config.max_image_pixels, max_frames=1_000_000).image
+    except DecodeError as exc:
+        raise InvalidInput(f"query image: {exc}") from None
+
+
+def image_vector(engine: Engine, encoder: Encoder, data: bytes) -> np.ndarray:
+    """(1, dim) retrieval vector of a query image given as bytes."""
+    return image_query_vector(encoder, data, max_pixels=engine.config.max_image_pixels)

@@ -1,0 +1,117 @@
+"""/v1/collections, /v1/index and /v1/jobs against a real engine, including every bad-input case."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from test_routes_search import make_client, upload  # also puts tests/indexer (the `hostile` kit) on sys.path
+
+from hostile import image_bytes, write_images  # isort: skip
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("collections")
+
+
+@pytest.fixture(scope="module")
+def client(root: Path) -> Iterator[TestClient]:
+    yield from make_client(root, max_upload_bytes=64 * 1024)
+
+
+def error(response, status: int) -> dict:  # noqa: ANN001 - httpx.Response
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and {"code", "message", "detail"} == set(body["error"])
+    return body["error"]
+
+
+def test_collection_life_cycle(client: TestClient) -> None:
+    created = client.post("/v1/collections", json={"name": "life", "index_kind": "flat"})
+    assert created.status_code == 201
+    info = created.json()
+    assert info["name"] == "life" and info["dim"] == 16 and len(info["fingerprint"]) == 64 and info["vectors"] == 0
+    assert error(client.post("/v1/collections", json={"name": "life"}), 409)["code"] == "conflict"
+    assert "life" in {c["name"] for c in client.get("/v1/collections").json()["collections"]}
+    upload(client, "life", 2)
+    assert client.get("/v1/collections/life").json()["images"]["indexed"] == 2
+    assert client.delete("/v1/collections/life").status_code == 204
+    assert error(client.get("/v1/collections/life"), 404)["code"] == "not_found"
+    error(client.delete("/v1/collections/life"), 404)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{}, {"name": 5}, {"name": "bad name!"}, {"name": "x", "index_kind": "magic"}, {"name": "x", "extra": 1}],
+)
+def test_bad_collection_requests(client: TestClient, body: dict) -> None:
+    assert error(client.post("/v1/collections", json=body), 422)["code"] == "invalid_input"
+
+
+def test_unknown_encoder_is_422(client: TestClient) -> None:
+    assert error(client.post("/v1/collections", json={"name": "x", "encoder": "no-such"}), 422)["message"]
+
+
+def test_index_jobs_and_failures(client: TestClient, root: Path) -> None:
+    client.post("/v1/collections", json={"name": "jobs"})
+    files = [("files", ("a.png", image_bytes(seed=1))), ("files", ("notes.txt", b"not an image"))]
+    queued = client.post("/v1/index", data={"collection": "jobs"}, files=files)
+    assert queued.status_code in (200, 202) and queued.json()["status_url"] == f"/v1/jobs/{queued.json()['job_id']}"
+    job_id = queued.json()["job_id"]
+    for _ in range(200):
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["state"] in ("done", "failed", "cancelled"):
+            break
+    assert (job["state"], job["done"], job["failed"]) == ("done", 1, 1)
+    assert job["failures"][0]["source"] == "upload:notes.txt" and "not an image" in job["failures"][0]["reason"]
+    assert job_id in {j["id"] for j in client.get("/v1/jobs", params={"collection": "jobs"}).json()["jobs"]}
+    assert client.post(f"/v1/jobs/{job_id}/cancel").json()["state"] == "done"  # finished jobs stay as they are
+    paths = write_images(root / "photos", 2)
+    by_path = client.post("/v1/index?wait=true", json={"collection": "jobs", "paths": [str(p) for p in paths]})
+    assert by_path.status_code == 200 and by_path.json()["job"]["done"] == 2
+    outside = client.post("/v1/index?wait=true", json={"collection": "jobs", "paths": ["/etc/passwd"]})
+    assert outside.json()["job"]["failed"] == 1  # refused per item: not under an allowed root
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status"),
+    [
+        ({"data": {"collection": "jobs"}}, 422),  # no files
+        ({"data": {}, "files": [("files", ("a.png", b"x"))]}, 422),  # no collection
+        ({"data": {"collection": "jobs", "metadata": "[1]"}, "files": [("files", ("a.png", b"x"))]}, 422),
+        ({"data": {"collection": "jobs", "metadata": "{bad"}, "files": [("files", ("a.png", b"x"))]}, 422),
+        ({"data": {"collection": "nope"}, "files": [("files", ("a.png", b"x"))]}, 404),
+        ({"json": {"collection": "jobs"}}, 422),  # nothing to index
+        ({"json": {"urls": ["http://example.org/a.png"]}}, 422),  # no collection
+        ({"json": {"collection": "jobs", "urls": "http://x"}}, 422),  # wrong type
+        ({"json": {"collection": "nope", "urls": ["http://example.org/a.png"]}}, 404),
+        ({"content": b"collection=jobs", "headers": {"content-type": "text/plain"}}, 415),
+        ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 422),
+        ({"files": [("files", ("big.png", b"\0" * 70_000))], "data": {"collection": "jobs"}}, 413),
+    ],
+)
+def test_bad_index_requests(client: TestClient, kwargs: dict, status: int) -> None:
+    if not any(c["name"] == "jobs" for c in client.get("/v1/collections").json()["collections"]):
+        client.post("/v1/collections", json={"name": "jobs"})
+    error(client.post("/v1/index", **kwargs), status)
+
+
+def test_body_limit_applies_to_streamed_bodies(client: TestClient) -> None:
+    def chunks() -> Iterator[bytes]:
+        for _ in range(100):
+            yield json.dumps({"pad": "x" * 1000}).encode()
+
+    response = client.post("/v1/search", content=chunks(), headers={"content-type": "application/json"})
+    assert error(response, 413)["code"] == "too_large"
+
+
+def test_unknown_job_is_404(client: TestClient) -> None:
+    error(client.get("/v1/jobs/99999"), 404)
+    error(client.post("/v1/jobs/99999/cancel"), 404)
+    error(client.get("/v1/jobs/abc"), 422)
+    error(client.get(f"/v1/jobs/{2**70}"), 422)
+    error(client.get("/v1/jobs", params={"state": "bogus"}), 422)
