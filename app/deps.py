@@ -14,12 +14,10 @@ from indexer import Engine, InvalidInput
 from indexer.classify import classify, embed
 from indexer.vector_query import (
     collapse_duplicates,
-    collection_encoder,
     decode_base64,
     decode_query_image,
     image_vector,
     query_image_bytes,
-    search_vector,
 )
 from internvl_models import Encoder
 
@@ -102,13 +100,13 @@ class Searcher:
         self.check_text(req.text)
         if req.k > self.settings.max_k:
             raise InvalidInput(f"k must be at most {self.settings.max_k}, got {req.k}")
-        encoder = await run_in_threadpool(collection_encoder, self.engine, req.collection)
+        encoder = await run_in_threadpool(self.engine.collection_encoder, req.collection)
         if req.text is not None:
             query = await self.text_vector(encoder, req.text)
         else:
             query = await run_in_threadpool(self._image_query, encoder, req, upload)
         hits = await run_in_threadpool(
-            search_vector, self.engine, req.collection, query, k=req.k, filter=req.filter,
+            self.engine.search_vector, req.collection, query, k=req.k, filter=req.filter,
             min_score=req.min_score, offset=req.offset, exclude=req.image_id,
         )  # fmt: skip
         if req.collapse_duplicates:
@@ -128,7 +126,7 @@ class Searcher:
     def encoder_for(self, name: str | None, collection: str | None) -> Encoder:
         """The collection's encoder, or a named one that the service already serves (never a new download)."""
         if collection is not None:
-            return collection_encoder(self.engine, collection)
+            return self.engine.collection_encoder(collection)
         name = name or self.settings.encoder
         allowed = {self.settings.encoder} | {c.encoder for c in self.engine.list_collections()}
         if name not in allowed:

@@ -22,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 from sqlalchemy.orm import Session
 
@@ -382,8 +383,7 @@ class Engine:
         """The k best images for a text (any language), an image, or an indexed image (itself excluded)."""
         check_query(text, image, image_id, k, offset)
         check_filter(filter)
-        live = self._fresh(collection)
-        encoder = self._collection_encoder(live)
+        encoder = self.collection_encoder(collection)
         if text is not None:
             query = text_query_vector(encoder, text)
         elif image is not None:
@@ -391,9 +391,35 @@ class Engine:
         else:
             path = self.image_path(collection, image_id)
             query = image_query_vector(encoder, path.read_bytes(), max_pixels=self.config.max_image_pixels)
+        return self.search_vector(
+            collection, query, k=k, filter=filter, min_score=min_score, offset=offset, exclude=image_id
+        )
+
+    def collection_encoder(self, collection: str) -> Encoder:
+        """The encoder whose space the collection's vectors live in (Conflict when its weights changed)."""
+        return self._collection_encoder(self._fresh(collection))
+
+    def search_vector(
+        self,
+        collection: str,
+        query: np.ndarray,
+        *,
+        k: int = 10,
+        filter: Mapping[str, Any] | None = None,
+        min_score: float | None = None,
+        offset: int = 0,
+        exclude: int | None = None,
+    ) -> list[Hit]:
+        """Search from a (1, dim) unit vector of the collection's encoder (for callers that batch their encoding)."""
+        check_query(None, None, 0, k, offset)  # validates k and offset; the query itself is the vector
+        check_filter(filter)
+        live = self._fresh(collection)
+        query = np.asarray(query, dtype=np.float32).reshape(1, -1)
+        if query.shape[1] != live.dim:
+            raise InvalidInput(f"query vector has {query.shape[1]} dimensions, the collection {live.dim}")
         with session_scope(self.sessions) as session:
             allowed = repo.ids_matching_filter(session, live.id, filter) if filter else None
-        pairs = nearest(live.store, query, k=k, offset=offset, allowed=allowed, min_score=min_score, exclude=image_id)
+        pairs = nearest(live.store, query, k=k, offset=offset, allowed=allowed, min_score=min_score, exclude=exclude)
         with session_scope(self.sessions) as session:
             return hydrate(session, live.id, pairs)
 

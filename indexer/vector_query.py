@@ -1,63 +1,27 @@
-"""Queries the service answers from a vector it already has: the parts of `Engine.search` after the encoder.
+"""Query inputs the HTTP layer receives in forms the engine does not take directly.
 
-The HTTP layer encodes query texts through a cross-request micro-batcher (many concurrent searches, one forward
-pass), so it needs to run "filter + nearest + hydrate" from a precomputed vector. `Engine.search` offers no such
-entry point yet; this module composes the same steps from the engine's pieces (see `search_vector`).
-Query images given by base64, URL or indexed id are turned into bytes here too, under the engine's limits.
+Query images given by base64, URL (SSRF-checked) or indexed id become bytes under the engine's limits, and
+near-duplicate hits can be collapsed. The vector search itself is `Engine.search_vector`.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
-from indexer.catalog import repo
-from indexer.catalog.db import session_scope
 from indexer.errors import InvalidInput
 from indexer.pipeline.decode import DecodeError, decode_image
 from indexer.pipeline.paths import SourceError
 from indexer.pipeline.urls import Downloader
-from indexer.search import Hit, check_filter, check_query, hydrate, image_query_vector, nearest
+from indexer.search import Hit, image_query_vector
 from internvl_models import Encoder
 
 if TYPE_CHECKING:
     from indexer.engine import Engine
-
-
-def collection_encoder(engine: Engine, collection: str) -> Encoder:
-    """The encoder whose space the collection's vectors live in (Conflict when the weights changed)."""
-    # TODO(engine): a public `Engine.collection_encoder(name)` would replace these two private calls.
-    return engine._collection_encoder(engine._fresh(collection))
-
-
-def search_vector(
-    engine: Engine,
-    collection: str,
-    query: np.ndarray,
-    *,
-    k: int = 10,
-    filter: Mapping[str, Any] | None = None,
-    min_score: float | None = None,
-    offset: int = 0,
-    exclude: int | None = None,
-) -> list[Hit]:
-    """`Engine.search` from a (1, dim) unit query vector of the collection's encoder."""
-    check_query(None, None, 0, k, offset)  # validates k and offset (the query itself is the vector)
-    check_filter(filter)
-    live = engine._fresh(collection)
-    query = np.asarray(query, dtype=np.float32).reshape(1, -1)
-    if query.shape[1] != live.dim:
-        raise InvalidInput(f"query vector has {query.shape[1]} dimensions, the collection {live.dim}")
-    with session_scope(engine.sessions) as session:
-        allowed = repo.ids_matching_filter(session, live.id, filter) if filter else None
-    pairs = nearest(live.store, query, k=k, offset=offset, allowed=allowed, min_score=min_score, exclude=exclude)
-    with session_scope(engine.sessions) as session:
-        return hydrate(session, live.id, pairs)
 
 
 def collapse_duplicates(hits: list[Hit], tolerance: float = 1e-4) -> list[Hit]:
