@@ -36,7 +36,7 @@ from indexer.pipeline.sources import IngestItem
 from indexer.queries import collection_version
 from indexer.search import Hit, check_filter, check_query, hydrate, image_query_vector, nearest, text_query_vector
 from indexer.storage import CollectionFiles, remove_orphans
-from internvl_models import Encoder, create_encoder
+from internvl_models import CheckpointError, Encoder, create_encoder
 
 log = logging.getLogger("internvl_search.engine")
 
@@ -181,9 +181,15 @@ class Engine:
     ) -> CollectionInfo:
         """A new empty collection bound to `encoder` (default: the configured one) and its current weights."""
         name_ = encoder or self.config.encoder
+        chosen_by_caller = checkpoint is not None
         if checkpoint is None and name_ == self.config.encoder:
             checkpoint = self.config.encoder_checkpoint
-        model = self.encoder(name_, checkpoint)
+        try:
+            model = self.encoder(name_, checkpoint)
+        except CheckpointError as exc:
+            if chosen_by_caller:  # the caller's checkpoint is unusable: their mistake, not the service's
+                raise InvalidInput(f"checkpoint {checkpoint!r} cannot be loaded: {exc}") from None
+            raise
         with session_scope(self.sessions) as session:
             row = repo.create_collection(
                 session,

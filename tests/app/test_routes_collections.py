@@ -56,6 +56,11 @@ def test_unknown_encoder_is_422(client: TestClient) -> None:
     assert error(client.post("/v1/collections", json={"name": "x", "encoder": "no-such"}), 422)["message"]
 
 
+def test_unloadable_checkpoint_of_the_caller_is_422(client: TestClient, root: Path) -> None:
+    body = {"name": "x", "encoder": "internvl-c", "checkpoint": str(root / "no-such-checkpoint")}
+    assert "cannot be loaded" in error(client.post("/v1/collections", json=body), 422)["message"]
+
+
 def test_index_jobs_and_failures(client: TestClient, root: Path) -> None:
     client.post("/v1/collections", json={"name": "jobs"})
     files = [("files", ("a.png", image_bytes(seed=1))), ("files", ("notes.txt", b"not an image"))]
