@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import httpx
 import pytest
+import serving
 from factories import make_tiny_internvl_checkpoint
-from test_server import BIN, free_port
 
 from internvl_models.shapes_world import write_demo_corpus
 
@@ -32,36 +29,8 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return [manifest.parent / json.loads(line)["path"] for line in manifest.read_text().splitlines()]
 
 
-@contextmanager
-def serve(data_dir: Path, checkpoint: Path) -> Iterator[str]:
-    """Run the service until the block ends; yields its base URL once /healthz answers."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INTERNVL_SEARCH_")}
-    env |= {
-        "INTERNVL_SEARCH_DATA_DIR": str(data_dir),
-        "INTERNVL_SEARCH_PORT": str(port),
-        "INTERNVL_SEARCH_ENCODER_CHECKPOINT": str(checkpoint),
-        "INTERNVL_SEARCH_DEVICE": "cpu",
-    }
-    proc = subprocess.Popen([str(BIN), "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited early:\n{proc.stdout.read() if proc.stdout else ''}")
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        else:
-            pytest.fail("server was not ready within 90 s")
-        yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+def serve(data_dir: Path, checkpoint: Path) -> AbstractContextManager[str]:
+    return serving.serve(data_dir, encoder_checkpoint=str(checkpoint), device="cpu")
 
 
 def index_files(base: str, collection: str, paths: list[Path], wait: bool = True) -> dict:
