@@ -170,8 +170,8 @@ def demo(
     settings = load_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     with _engine(settings) as engine:
-        _engine_call(lambda: prepare_demo(engine, settings.data_dir, scenes, photos, typer.echo))
-        _engine_call(lambda: example_searches(engine, typer.echo))
+        if _engine_call(lambda: prepare_demo(engine, settings.data_dir, scenes, photos, typer.echo)):
+            _engine_call(lambda: example_searches(engine, typer.echo))
     base = f"http://{settings.host}:{settings.port}"
     typer.echo(
         f"\ninternvl-search {__version__}: data in {settings.data_dir.resolve()}\n"

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from indexer import Engine, IngestItem, NotFound
+from internvl_models import CheckpointError
 from internvl_models.shapes_world import Mention, query_for, write_demo_corpus
 
 DEMO_COLLECTION = "demo"
@@ -24,15 +25,23 @@ EXAMPLE_QUERIES = [
 ]
 
 
-def prepare_demo(engine: Engine, data_dir: Path, scenes: int, photos: Path | None, echo: Callable[[str], None]) -> None:
-    """Create and fill the demo collection unless it already holds images."""
+def prepare_demo(engine: Engine, data_dir: Path, scenes: int, photos: Path | None, echo: Callable[[str], None]) -> bool:
+    """Create and fill the demo collection unless it already holds images; False when the default encoder's
+    weights cannot be had (then the service runs without the demo collection)."""
     try:
         info = engine.get_collection(DEMO_COLLECTION)
         if info.images.get("indexed", 0) > 0:
             echo(f"collection {DEMO_COLLECTION!r} already holds {info.images['indexed']} images")
-            return
+            return True
     except NotFound:
-        engine.create_collection(DEMO_COLLECTION)
+        try:
+            engine.create_collection(DEMO_COLLECTION)
+        except CheckpointError as exc:
+            echo(
+                f"no demo collection: the default encoder's weights are not available here ({exc}). "
+                "Set INTERNVL_SEARCH_ENCODER_CHECKPOINT to a local checkpoint directory."
+            )
+            return False
     corpus = data_dir / "demo-corpus"
     echo(f"writing {scenes} shapes-world scenes to {corpus} ...")
     manifest = write_demo_corpus(corpus, scenes)
@@ -43,6 +52,7 @@ def prepare_demo(engine: Engine, data_dir: Path, scenes: int, photos: Path | Non
     job_id = engine.submit(DEMO_COLLECTION, items, extra_roots=roots, start=False)
     info = engine.run_job(job_id)
     echo(f"indexed: added {info.done}, duplicates {info.skipped}, failed {info.failed} (job {info.id})")
+    return True
 
 
 def example_searches(engine: Engine, echo: Callable[[str], None], k: int = 3) -> None:
