@@ -29,6 +29,7 @@ def default_internvl_checkpoint() -> str:
         return str(SHAPES_WORLD_CHECKPOINT)
     return OFFICIAL_INTERNVL_CHECKPOINT
 
+
 EncoderFactory = Callable[..., Encoder]
 
 
