@@ -7,9 +7,9 @@ STAMP := $(VENV)/.installed
 # while GPU hosts keep whatever torch>=2.11 they ship.
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: run test lint format setup clean-venv
+.PHONY: run test lint format setup browser clean-venv
 
-setup: $(STAMP)
+setup: $(STAMP) browser
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,10 +21,35 @@ $(STAMP): pyproject.toml Makefile
 run: $(STAMP)
 	$(VENV)/bin/internvl-search demo $(if $(wildcard ../shared/images),--photos ../shared/images)
 
+# Debian's Chromium for the browser test (tests/e2e/test_web.py drives it with the dev extra's playwright package).
+# Idempotent and best effort: apt-get runs only when it is missing and we are root; elsewhere that test skips and
+# says why. `make run` does not need it.
+CHROMIUM := /usr/bin/chromium
+CHROMIUM_LOG := $${TMPDIR:-/tmp}/internvl-search-chromium-install.log
+browser:
+	@if [ -x $(CHROMIUM) ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's chromium for the browser test (log: $(CHROMIUM_LOG))"; \
+		if { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } \
+			>$(CHROMIUM_LOG) 2>&1 && [ -x $(CHROMIUM) ]; then echo "installed $(CHROMIUM)"; \
+		else tail -n 5 $(CHROMIUM_LOG); echo "warning: apt-get could not install chromium; the browser test will skip"; fi; \
+	else echo "note: $(CHROMIUM) is missing and apt-get cannot run here (not root, or no apt); the browser test will skip"; fi
+
 # PostgreSQL tests read DATABASE_URL and skip cleanly when nothing answers there.
 test: export DATABASE_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest
+
+# Re-train the shipped shapes-world models from scratch (CPU by default, the GPU when present), evaluate them on
+# held-out scenes and rewrite their model card. Seeded: the same seed gives the same weights and metrics on CPU.
+SHAPES := internvl_models/shapes_world/weights
+SEED ?= 0
+train-shapes: $(STAMP)
+	$(PY) -m internvl_models.shapes_world.train_internvl --seed $(SEED) --out $(SHAPES)/internvl-shapes
+	$(PY) -m internvl_models.shapes_world.evaluate $(SHAPES)/internvl-shapes --out $(SHAPES)/internvl-shapes/evaluation.json > /dev/null
+	$(PY) -m internvl_models.shapes_world.train_chat --seed $(SEED) --vision $(SHAPES)/internvl-shapes --out $(SHAPES)/internvl-chat-shapes
+	$(PY) -m internvl_models.shapes_world.evaluate_chat $(SHAPES)/internvl-chat-shapes --out $(SHAPES)/internvl-chat-shapes/evaluation.json > /dev/null
+	$(PY) -m internvl_models.shapes_world.model_card $(SHAPES)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

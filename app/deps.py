@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 
 from indexer import Engine, InvalidInput
-from indexer.classify import classify, embed
+from indexer.classify import classify_images, embed
 from indexer.vector_query import (
     collapse_duplicates,
     decode_base64,
@@ -133,21 +135,36 @@ class Searcher:
             raise InvalidInput(f"Unknown encoder {name!r} for this service. Available: {sorted(allowed)}")
         return self.engine.encoder(name)
 
-    def classify(self, req: cschemas.ClassifyRequest, upload: bytes | None = None) -> cschemas.ClassifyResponse:
+    def classify(
+        self, req: cschemas.ClassifyRequest, uploads: Sequence[bytes] | None = None
+    ) -> cschemas.ClassifyResponse:
+        """Rank the labels for every image of the request (`uploads`, when given, instead of its image fields)."""
         start = time.perf_counter()
         for text in (*req.labels, *(req.templates or ())):
             self.check_text(text)
+        if uploads is not None and not 1 <= len(uploads) <= cschemas.MAX_IMAGES:
+            raise InvalidInput(f"send 1 to {cschemas.MAX_IMAGES} images in form fields `file` and `files`")
         encoder = self.encoder_for(req.encoder, req.collection)
-        data = upload if upload is not None else query_image_bytes(
-            self.engine, image_base64=req.image_base64, image_url=req.image_url, image_id=req.image_id,
-            collection=req.collection,
-        )  # fmt: skip
-        image = decode_query_image(self.engine, data)
-        ranked = classify(encoder, image, req.labels, language=req.language, templates=req.templates, k=req.k)
-        labels = [cschemas.LabelOut(label=r.label, probability=r.probability, cosine=r.cosine) for r in ranked]
+        images = (decode_query_image(self.engine, data) for data in self._classify_bytes(req, uploads))
+        rankings = classify_images(encoder, images, req.labels, language=req.language, templates=req.templates, k=req.k)
+        results = [
+            cschemas.ImageLabels(image=i, labels=[cschemas.LabelOut(**asdict(r)) for r in ranked])
+            for i, ranked in enumerate(rankings)
+        ]
+        took_ms = (time.perf_counter() - start) * 1e3
         return cschemas.ClassifyResponse(
-            encoder=encoder.name, labels=labels, took_ms=(time.perf_counter() - start) * 1e3
+            encoder=encoder.name, labels=results[0].labels, results=results, took_ms=took_ms
         )
+
+    def _classify_bytes(self, req: cschemas.ClassifyRequest, uploads: Sequence[bytes] | None) -> Iterator[bytes]:
+        if uploads is not None:
+            yield from uploads
+            return
+        for ref in req.image_refs():
+            yield query_image_bytes(
+                self.engine, image_base64=ref.image_base64, image_url=ref.image_url, image_id=ref.image_id,
+                collection=req.collection,
+            )  # fmt: skip
 
     def embed(self, req: cschemas.EmbedRequest) -> cschemas.EmbedResponse:
         for text in req.texts:
@@ -166,7 +183,8 @@ SearcherDep = Annotated[Searcher, Depends(get_searcher)]
 
 
 async def index_request(request: Request) -> tuple[str, list, dict | None]:
-    """(collection, IngestItems, metadata) from a multipart upload or a JSON body of `schemas.IndexJson`."""
+    """(collection, IngestItems, metadata) from a multipart upload (image `files` and/or a `manifest` file) or a
+    JSON body of `schemas.IndexJson`."""
     from pydantic import ValidationError
 
     from indexer import IngestItem
@@ -178,9 +196,14 @@ async def index_request(request: Request) -> tuple[str, list, dict | None]:
         if not isinstance(collection, str) or not collection:
             raise InvalidInput("form field `collection` is required")
         files = [f for f in form.getlist("files") if not isinstance(f, str)]
-        if not files:
-            raise InvalidInput("form field `files` must hold at least one file")
+        manifests = form.getlist("manifest")
+        if any(isinstance(m, str) for m in manifests):
+            raise InvalidInput("form field `manifest` must be an uploaded file (JSONL or CSV); a manifest on the "
+                               "server is named by `manifest` in a JSON body")  # fmt: skip
+        if not files and not manifests:
+            raise InvalidInput("form fields `files` and/or `manifest` must hold at least one file")
         items = [IngestItem.upload(await f.read(), f.filename) for f in files]
+        items += [IngestItem.manifest(data=await m.read(), filename=m.filename) for m in manifests]
         return collection, items, json_form_field(form.get("metadata"), "metadata")
     if kind != "application/json":
         raise HTTPException(415, "send multipart/form-data (files + collection) or application/json")

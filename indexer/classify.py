@@ -9,8 +9,9 @@ was trained, not an arbitrary sharpening.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
 from PIL import Image
@@ -36,6 +37,7 @@ DEFAULT_TEMPLATES: dict[str, tuple[str, ...]] = {
 }
 MAX_LABELS = 1000
 MAX_TEMPLATES = 64
+MAX_IMAGES = 64  # images per classification request
 
 
 @dataclass(frozen=True)
@@ -76,15 +78,48 @@ def classify(
     k: int | None = None,
 ) -> list[LabelScore]:
     """The labels ranked by probability (softmax over logit_scale · cosine), best first, at most `k`."""
+    return classify_images(encoder, [image], labels, language=language, templates=templates, k=k)[0]
+
+
+def classify_images(
+    encoder: Encoder,
+    images: Iterable[Image.Image],
+    labels: Sequence[str],
+    *,
+    language: str = "en",
+    templates: Sequence[str] | None = None,
+    k: int | None = None,
+) -> list[list[LabelScore]]:
+    """One ranking per image (in order) against the same labels, whose prompt ensembles are encoded once.
+
+    `images` may be a lazy iterable: it is drawn one encoder batch at a time, so no more than a batch of decoded
+    images is held at once. At most `MAX_IMAGES` images.
+    """
+    labels = _checked_labels(labels)
+    text = label_embeddings(encoder, labels, prompt_templates(language, templates))
+    rankings: list[list[LabelScore]] = []
+    iterator = iter(images)
+    while batch := list(islice(iterator, max(1, getattr(encoder, "image_batch_size", 1)))):
+        if len(rankings) + len(batch) > MAX_IMAGES:
+            raise InvalidInput(f"at most {MAX_IMAGES} images per classification")
+        cosines = encoder.encode_images(batch, purpose="classification") @ text.T
+        rankings.extend(_ranked(labels, row, encoder.info.logit_scale, k) for row in cosines)
+    if not rankings:
+        raise InvalidInput("give at least one image to classify")
+    return rankings
+
+
+def _checked_labels(labels: Sequence[str]) -> list[str]:
     labels = [str(label).strip() for label in labels]
     if not labels or any(not label for label in labels):
         raise InvalidInput("labels must be a non-empty list of non-empty strings")
     if len(labels) > MAX_LABELS or len(set(labels)) != len(labels):
         raise InvalidInput(f"labels must be distinct and at most {MAX_LABELS}")
-    text = label_embeddings(encoder, labels, prompt_templates(language, templates))
-    picture = encoder.encode_images([image], purpose="classification")[0]
-    cosine = text @ picture
-    logits = encoder.info.logit_scale * cosine
+    return labels
+
+
+def _ranked(labels: Sequence[str], cosine: np.ndarray, logit_scale: float, k: int | None) -> list[LabelScore]:
+    logits = logit_scale * cosine
     probs = np.exp(logits - logits.max())
     probs /= probs.sum()
     order = np.argsort(-probs, kind="stable")[: k or len(labels)]

@@ -1,4 +1,4 @@
-"""POST /v1/index: queue an ingestion job from uploads (multipart) or references (JSON)."""
+"""POST /v1/index: queue an ingestion job from uploads (images and/or manifests, multipart) or references (JSON)."""
 
 from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
@@ -10,10 +10,17 @@ from ..schemas import IndexAccepted, IndexJson, job_out
 
 UPLOAD_FORM = {
     "type": "object",
-    "required": ["collection", "files"],
+    "required": ["collection"],
+    "description": "Image `files` and/or one or more `manifest` files; at least one file in all.",
     "properties": {
         "collection": {"type": "string", "examples": ["photos"]},
         "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+        "manifest": {
+            "type": "string",
+            "format": "binary",
+            "description": "JSONL or CSV, one image a row: a `path` (absolute, under the allowed roots) or `url` "
+            "column, every other column metadata.",
+        },
         "metadata": {"type": "string", "description": "JSON object merged into every image's metadata."},
     },
 }

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from indexer.errors import InvalidInput
 from indexer.pipeline.flow import ItemSpec
 from indexer.pipeline.paths import SourceError, is_directory, read_file
 
@@ -37,6 +38,35 @@ def manifest_items(spec: ItemSpec, roots: Sequence[Path], plan: Callable) -> Ite
             yield from plan([item], roots)
         else:
             yield item
+
+
+def check_manifest_bytes(data: bytes) -> None:
+    """Refuse (InvalidInput) uploaded bytes that cannot be a manifest: too large, empty, not UTF-8 text, a CSV
+    without a location column or without rows. Bad rows are not refused here: each becomes one failed item."""
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise InvalidInput(f"the manifest has {len(data):,} bytes; the limit is {MAX_MANIFEST_BYTES:,}")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = "\0"
+    if "\0" in text:
+        raise InvalidInput("the manifest is not UTF-8 text: send JSONL (one JSON object a line) or CSV")
+    if not text.strip():
+        raise InvalidInput("the manifest is empty")
+    if text.lstrip().startswith(("{", "[")):
+        return
+    try:
+        reader = csv.reader(io.StringIO(text))
+        header, has_rows = next(reader, []), any(any(cell.strip() for cell in row) for row in reader)
+    except csv.Error as exc:
+        raise InvalidInput(f"the manifest is not valid CSV: {exc}") from None
+    if not set(header) & set(LOCATION_KEYS):
+        raise InvalidInput(
+            f"the manifest is neither JSONL nor CSV whose header names a location column (one of {list(LOCATION_KEYS)});"
+            f" its first line is {text.lstrip().splitlines()[0][:80]!r}"
+        )
+    if not has_rows:
+        raise InvalidInput("the CSV manifest has a header but no rows")
 
 
 def _manifest_rows(text: str) -> Iterator[tuple[int, Any]]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from indexer.errors import InvalidInput
 from indexer.pipeline.flow import ItemSpec
-from indexer.pipeline.manifest import manifest_items
+from indexer.pipeline.manifest import check_manifest_bytes, manifest_items
 from indexer.pipeline.paths import SourceError, is_directory, read_file, walk_images
 from indexer.pipeline.urls import Downloader
 
@@ -48,9 +48,12 @@ class IngestItem:
     def manifest(
         cls, path: str | Path | None = None, *, data: bytes | None = None, filename: str | None = None
     ) -> IngestItem:
-        """JSONL (one object per line) or CSV with a `path`/`url` column; every other column is metadata."""
+        """JSONL (one object per line) or CSV with a `path`/`url` column; every other column is metadata. Uploaded
+        bytes that cannot be a manifest are refused here (InvalidInput); relative paths in them fail per item."""
         if (path is None) == (data is None):
             raise InvalidInput("a manifest is either a server path or uploaded bytes")
+        if data is not None:
+            check_manifest_bytes(data)
         return cls("manifest", ref=None if path is None else str(path), data=data, filename=filename)
 
 

@@ -98,3 +98,68 @@ def test_classify_an_upload(client: TestClient) -> None:
         assert client.post("/v1/classify/image", data=data, files={"file": image}).status_code == 422, data
     bad = client.post("/v1/classify/image", data={"labels": "a"}, files={"file": ("x.png", b"text", "image/png")})
     assert bad.status_code == 422 and "not an image" in bad.json()["error"]["message"]
+
+
+OTHER = base64.b64encode(image_bytes("red", (30, 40), seed=9)).decode()
+
+
+def test_classify_several_images(client: TestClient) -> None:
+    client.post("/v1/collections", json={"name": "several"})
+    upload(client, "several", 1)
+    indexed = client.post("/v1/search", json={"collection": "several", "text": "red", "k": 1}).json()["results"][0]
+    labels = ["red", "blue", "green"]
+    refs = [{"image_base64": IMAGE}, {"image_base64": OTHER}, {"image_id": indexed["id"]}]
+    response = client.post("/v1/classify", json={"images": refs, "collection": "several", "labels": labels})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [row["image"] for row in body["results"]] == [0, 1, 2] and body["labels"] == body["results"][0]["labels"]
+    for ref, result in zip(refs, body["results"], strict=True):  # each ranking is the one the image gets alone
+        alone = client.post("/v1/classify", json={**ref, "collection": "several", "labels": labels}).json()
+        assert [r["label"] for r in result["labels"]] == [r["label"] for r in alone["labels"]]
+        np.testing.assert_allclose(
+            [r["probability"] for r in result["labels"]], [r["probability"] for r in alone["labels"]], atol=1e-5
+        )
+    assert body["results"][0]["labels"] != body["results"][1]["labels"]  # two different pictures, two rankings
+
+
+def test_single_image_response_keeps_its_shape(client: TestClient) -> None:
+    body = client.post("/v1/classify", json={"image_base64": IMAGE, "labels": ["a", "b"]}).json()
+    assert body["labels"] and body["results"] == [{"image": 0, "labels": body["labels"]}]
+
+
+def test_classify_several_uploads(client: TestClient) -> None:
+    first, second = base64.b64decode(IMAGE), base64.b64decode(OTHER)
+    files = [("file", ("a.png", first, "image/png")), ("files", ("b.png", second, "image/png"))]
+    files.append(("files", ("c.png", first, "image/png")))
+    response = client.post("/v1/classify/image", data={"labels": "red, blue"}, files=files)
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert len(results) == 3 and results[0]["labels"] == results[2]["labels"]  # the same picture twice
+    only_files = client.post("/v1/classify/image", data={"labels": "red, blue"}, files=files[1:])
+    assert only_files.status_code == 200 and len(only_files.json()["results"]) == 2
+    too_many = [("files", (f"{i}.png", first, "image/png")) for i in range(65)]
+    for bad in ([], too_many, [("files", ("x.png", b"text", "image/png"))]):
+        response = client.post("/v1/classify/image", data={"labels": "a, b"}, files=bad or None)
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"images": [], "labels": ["a"]}, 422),
+        ({"images": [{}], "labels": ["a"]}, 422),  # an entry without an image
+        ({"images": [{"image_base64": IMAGE, "image_id": 1}], "labels": ["a"]}, 422),  # two in one entry
+        ({"images": [{"image_base64": IMAGE}], "image_base64": IMAGE, "labels": ["a"]}, 422),  # both shapes
+        ({"images": [{"image_base64": IMAGE}] * 65, "labels": ["a"]}, 422),  # too many
+        ({"images": [{"image_base64": IMAGE}, {"image_base64": "@@"}], "labels": ["a"]}, 422),
+        ({"images": [{"image_base64": IMAGE}, {"image_id": 1}], "labels": ["a"]}, 422),  # id without collection
+        ({"images": [{"image_id": 1}], "collection": "nope", "labels": ["a"]}, 404),
+        ({"images": [{"image_base64": IMAGE, "extra": 1}], "labels": ["a"]}, 422),
+        ({"images": {"image_base64": IMAGE}, "labels": ["a"]}, 422),  # not a list
+    ],
+)
+def test_bad_multi_image_requests(client: TestClient, body: dict, status: int) -> None:
+    response = client.post("/v1/classify", json=body)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["message"]

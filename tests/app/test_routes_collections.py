@@ -120,3 +120,64 @@ def test_unknown_job_is_404(client: TestClient) -> None:
     error(client.get("/v1/jobs/abc"), 422)
     error(client.get(f"/v1/jobs/{2**70}"), 422)
     error(client.get("/v1/jobs", params={"state": "bogus"}), 422)
+
+
+def test_index_an_uploaded_manifest(client: TestClient, root: Path) -> None:
+    client.post("/v1/collections", json={"name": "listed"})
+    paths = write_images(root / "listed", 4)
+    rows = [
+        {"path": str(paths[0]), "year": 2019},
+        {"path": str(paths[1]), "year": 2021, "metadata": {"tag": "nested"}},
+        {"path": "relative.png"},  # means nothing in an uploaded manifest: fails as an item
+        {"path": "/etc/passwd"},  # outside the allowed roots: fails as an item
+    ]
+    jsonl = "\n".join(json.dumps(row) for row in rows).encode()
+    csv_text = f"path,year\n{paths[2]},2022\n{paths[3]},2023\n".encode()
+    files = [("manifest", ("a.jsonl", jsonl, "application/jsonl")), ("manifest", ("b.csv", csv_text, "text/csv"))]
+    files.append(("files", ("up.png", image_bytes(seed=40), "image/png")))
+    response = client.post(
+        "/v1/index?wait=true", data={"collection": "listed", "metadata": '{"batch": 7}'}, files=files
+    )
+    assert response.status_code == 200, response.text
+    job = response.json()["job"]
+    assert (job["state"], job["done"], job["failed"]) == ("done", 5, 2)
+    assert {f["source"] for f in job["failures"]} == {"relative.png", "/etc/passwd"}
+    assert any("relative paths" in f["reason"] for f in job["failures"])
+
+    def count(filter_: dict) -> int:
+        body = {"collection": "listed", "text": "a shape", "k": 10, "filter": filter_}
+        found = client.post("/v1/search", json=body)
+        assert found.status_code == 200, found.text
+        return len(found.json()["results"])
+
+    assert count({"batch": 7}) == 5  # the form's metadata reaches every item, manifest rows included
+    assert count({"year": {"gte": 2021}}) == 3  # CSV numbers are numbers
+    assert count({"tag": "nested"}) == 1
+
+
+@pytest.mark.parametrize(
+    ("manifest", "status", "words"),
+    [
+        (b"", 422, "empty"),
+        (b"  \n\n", 422, "empty"),
+        (image_bytes(seed=3), 422, "not UTF-8"),
+        (b"name,year\ncat.png,2020\n", 422, "location column"),
+        (b"path,year\n", 422, "no rows"),
+        (b"\xef\xbb\xbfpath\n\n", 422, "no rows"),  # a byte-order mark and blank lines only
+        (b"path\n" + b"x" * 70_000, 413, "too large"),
+    ],
+)
+def test_bad_uploaded_manifests(client: TestClient, manifest: bytes, status: int, words: str) -> None:
+    client.post("/v1/collections", json={"name": "listed_bad"})
+    files = {"manifest": ("m.jsonl", manifest, "application/octet-stream")}
+    body = error(client.post("/v1/index", data={"collection": "listed_bad"}, files=files), status)
+    assert words in body["message"] or words in body["code"].replace("_", " "), body
+
+
+def test_manifest_form_field_must_be_a_file(client: TestClient) -> None:
+    client.post("/v1/collections", json={"name": "listed_bad"})
+    form = {"collection": "listed_bad", "manifest": '{"path": "/a.png"}'}
+    message = error(client.post("/v1/index", data=form), 422)["message"]
+    assert "uploaded file" in message
+    files = {"manifest": ("m.jsonl", b'{"path": "/a.png"}', "application/jsonl")}
+    error(client.post("/v1/index", data={"collection": "nope"}, files=files), 404)

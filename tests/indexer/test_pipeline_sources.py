@@ -116,3 +116,30 @@ def _symlink(link: Path, target: Path) -> str:
 def _fifo(path: Path) -> str:
     os.mkfifo(path)
     return str(path)
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        (b"", "empty"),
+        (b"\n \n", "empty"),
+        (b"\xff\xfe\x00p\x00a", "not UTF-8"),
+        (b'{"path": "/a.png"}\0', "not UTF-8"),
+        (b"name,year\na.png,2020\n", "location column"),
+        (b"url\n", "no rows"),
+        (b'path\n"unterminated' + b"x" * 200_000, "not valid CSV"),
+    ],
+)
+def test_uploaded_bytes_that_cannot_be_a_manifest_are_refused(data: bytes, words: str) -> None:
+    from indexer import InvalidInput
+    from indexer.pipeline.sources import IngestItem
+
+    with pytest.raises(InvalidInput, match=words):
+        IngestItem.manifest(data=data, filename="m.jsonl")
+
+
+def test_uploaded_manifests_that_can_be_read_are_taken() -> None:
+    from indexer.pipeline.sources import IngestItem
+
+    for data in (b'{"path": "/a.png"}\n{"broken', b"\xef\xbb\xbfurl,year\nhttp://example.org/a.png,2020\n"):
+        assert IngestItem.manifest(data=data).data == data  # bad rows fail later, one item each
