@@ -18,6 +18,7 @@ import argparse
 import json
 from collections.abc import Sequence
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -146,9 +147,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("checkpoint", help="InternVL-C/G checkpoint directory or hub id")
     parser.add_argument("--n-scenes", type=int, default=500)
     parser.add_argument("--heads", default="c,g", help="comma-separated subset of c,g")
+    parser.add_argument("--out", help="also write the report to this JSON file")
     args = parser.parse_args(argv)
     heads = [h.strip().lower() for h in args.heads.split(",") if h.strip()]
-    print(json.dumps(evaluate_checkpoint(args.checkpoint, heads, args.n_scenes), indent=2))
+    text = json.dumps(evaluate_checkpoint(args.checkpoint, heads, args.n_scenes), indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text)
 
 
 if __name__ == "__main__":

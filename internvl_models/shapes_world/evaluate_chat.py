@@ -187,6 +187,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--examples", type=int, default=14, help="question/response pairs to include")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--out", help="also write the report to this JSON file")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -199,7 +200,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         device=args.device,
         examples=args.examples,
     )
-    print(json.dumps(report, indent=1, ensure_ascii=False))
+    text = json.dumps(report, indent=1, ensure_ascii=False)
+    if args.out:
+        Path(args.out).write_text(text + "\n", encoding="utf-8")
+    print(text)
 
 
 if __name__ == "__main__":

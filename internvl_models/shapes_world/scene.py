@@ -137,6 +137,12 @@ def _place(rng: random.Random, cell: str, size_class: str, shape: str) -> tuple[
 
 def _sample_object(rng: random.Random, cell: str, size: int) -> SceneObject:
     shape, colour, size_class = rng.choice(SHAPES), rng.choice(tuple(COLOURS)), rng.choice(SIZES)
+    return _make_object(rng, cell, size, shape, colour, size_class)
+
+
+def _make_object(
+    rng: random.Random, cell: str, size: int, shape: str, colour: str, size_class: str, rgb: tuple | None = None
+) -> SceneObject:
     centre, radius, rotation = _place(rng, cell, size_class, shape)
     outline = geometry.placed_outline(shape, radius, rotation, centre)
     unit = geometry.unit_box(shape, radius, centre, outline)
@@ -147,7 +153,7 @@ def _sample_object(rng: random.Random, cell: str, size: int) -> SceneObject:
         position=cell,
         box=render.pixel_box(unit, size),
         box_1000=box_1000(unit),
-        rgb=_jittered_rgb(rng, colour),
+        rgb=rgb or _jittered_rgb(rng, colour),
         unit_box=unit,
         outline=outline,
     )
@@ -190,6 +196,29 @@ def generate_scene(seed: int, *, size: int = DEFAULT_SIZE, min_objects: int = 1,
     else:  # a flat light grey contrasts with every palette colour
         background = render.Background("solid", (232, 232, 232), (232, 232, 232), 0.0, 0.0, 0)
     return Scene(seed=seed, size=size, objects=tuple(objects), background=background)
+
+
+def shape_twin(scene: Scene) -> Scene:
+    """The scene with other shapes: same seed, background, colours, sizes and cells, but at least one object (each
+    with probability 1/2) redrawn as another shape. A training hard negative that only shape tells apart: in
+    random batches colour and position alone identify almost every scene, and a model learns no more than that.
+    The layout rules still hold (an object that finds no valid placement keeps its shape)."""
+    rng = random.Random(derive_seed("shape-twin", scene.seed))
+    change = [rng.random() < 0.5 for _ in scene.objects]
+    change[rng.randrange(len(change))] = True
+    objects: list[SceneObject] = []
+    for k, (obj, swap) in enumerate(zip(scene.objects, change, strict=True)):
+        others = [*objects, *scene.objects[k + 1 :]]
+        for _attempt in range(30 if swap else 0):
+            shape = rng.choice([s for s in SHAPES if s != obj.shape])
+            twin = _make_object(rng, obj.position, scene.size, shape, obj.colour, obj.size, obj.rgb)
+            fits = all(_overlap_fraction(twin.unit_box, o.unit_box) <= OVERLAP_LIMIT for o in others)
+            if fits and _visible(twin, scene.background):
+                objects.append(twin)
+                break
+        else:
+            objects.append(obj)
+    return Scene(seed=scene.seed, size=scene.size, objects=tuple(objects), background=scene.background)
 
 
 def split_of(seed: int) -> str:

@@ -51,7 +51,8 @@ from ..transforms import IMAGENET_MEAN, IMAGENET_STD, retrieval_transform
 from . import evaluate
 from .captions import Caption, describe_scene, query_caption
 from .content import scene_satisfies
-from .scene import Scene, generate_scene, split_seeds
+from .model_card import host_summary
+from .scene import Scene, generate_scene, shape_twin, split_seeds
 from .tokenizer_training import CONFIG_FILE, MODEL_FILE, train_tokenizer
 from .vocab import COLOURS, LANGUAGES, POSITIONS, SHAPES, SIZES, derive_seed
 
@@ -76,11 +77,13 @@ class Recipe:
     num_query_token: int = 16
     embed_dim: int = 128
     pool_heads: int = 16
+    layer_scale_init: float = 1.0  # InternViT-6B's 0.1 damps every residual branch of a 4-layer tower for ~500 steps
     vocab_size: int = 1500
     tokenizer_scenes: int = 400
-    train_scenes: int = 30000
+    train_scenes: int = 30000  # half of them shape twins of the other half when shape_twins
+    shape_twins: bool = False  # True: every batch half originals, half their shape twins (scene.shape_twin); see MODEL_CARD
     batch_size: int = 128
-    steps: int = 1500
+    steps: int = 900
     lr: float = 2e-3
     min_lr_ratio: float = 0.02
     weight_decay: float = 0.05
@@ -114,6 +117,7 @@ def build_config(recipe: Recipe, vocab_size: int) -> InternVLConfig:
         num_hidden_layers=recipe.vision_layers,
         patch_size=recipe.patch_size,
         image_size=recipe.image_size,
+        initializer_factor=recipe.layer_scale_init,
     )
     qllama = QLLaMAConfig(
         vocab_size=vocab_size,
@@ -140,15 +144,20 @@ class SceneBank:
     cells: torch.Tensor  # (N, 9, 3) int64: colour, shape, size class per grid cell, 0 = empty
 
 
-def _render_chunk(seeds: Sequence[int], size: int) -> np.ndarray:
+def _scene(key: tuple[int, bool]) -> Scene:
+    seed, twin = key
+    return shape_twin(generate_scene(seed)) if twin else generate_scene(seed)
+
+
+def _render_chunk(keys: Sequence[tuple[int, bool]], size: int) -> np.ndarray:
     """(n, S, S, 3) uint8: scenes rendered at their default size, then resized like the inference transform."""
-    out = np.empty((len(seeds), size, size, 3), dtype=np.uint8)
-    for i, seed in enumerate(seeds):
-        out[i] = np.asarray(generate_scene(seed).image.resize((size, size), Image.Resampling.BICUBIC))
+    out = np.empty((len(keys), size, size, 3), dtype=np.uint8)
+    for i, key in enumerate(keys):
+        out[i] = np.asarray(_scene(key).image.resize((size, size), Image.Resampling.BICUBIC))
     return out
 
 
-def render_pixels(seeds: Sequence[int], size: int, workers: int) -> torch.Tensor:
+def render_pixels(seeds: Sequence[tuple[int, bool]], size: int, workers: int) -> torch.Tensor:
     """Render in `workers` processes when it pays; the result does not depend on the split (pure per seed)."""
     if workers <= 1 or len(seeds) < 2000:
         arrays = [_render_chunk(seeds, size)]
@@ -172,9 +181,12 @@ def cell_labels(scene: Scene) -> torch.Tensor:
 
 
 def build_bank(recipe: Recipe, seed: int) -> SceneBank:
-    seeds = split_seeds("train", recipe.train_scenes, seed)
-    scenes = [generate_scene(s) for s in seeds]  # layouts only: pixels are rendered in the workers
-    pixels = render_pixels(seeds, recipe.image_size, recipe.render_workers)
+    """Scenes 0..n-1 are originals; with shape twins, scene n + i is the twin of scene i."""
+    n = recipe.train_scenes // 2 if recipe.shape_twins else recipe.train_scenes
+    seeds = split_seeds("train", n, seed)
+    keys = [(s, False) for s in seeds] + ([(s, True) for s in seeds] if recipe.shape_twins else [])
+    scenes = [_scene(k) for k in keys]  # layouts only: pixels are rendered in the workers
+    pixels = render_pixels(keys, recipe.image_size, recipe.render_workers)
     cells = torch.stack([cell_labels(s) for s in scenes])
     return SceneBank(scenes, pixels, cells)
 
@@ -231,7 +243,12 @@ def bucket_ids(
 def make_batch(bank: SceneBank, tokenizer: QLLaMATokenizer, recipe: Recipe, seed: int, step: int) -> Batch:
     """The batch of `step`: a pure function of (seed, step), which is what makes resuming exact."""
     rng = random.Random(derive_seed("batch", seed, step))
-    index = rng.sample(range(len(bank.scenes)), recipe.batch_size)
+    if recipe.shape_twins:  # pairs that only shape tells apart
+        n = len(bank.scenes) // 2
+        half = rng.sample(range(n), recipe.batch_size // 2)
+        index = half + [i + n for i in half]
+    else:
+        index = rng.sample(range(len(bank.scenes)), recipe.batch_size)
     scenes = [bank.scenes[i] for i in index]
     captions = []
     for scene in scenes:
@@ -482,6 +499,7 @@ def train(
     device = resolve_device("auto")
     tokenizer, model, heads, opt = _setup(recipe, seed, state_dir, device)
     log: dict[str, Any] = {"recipe": dataclasses.asdict(recipe), "seed": seed, "curve": [], "elapsed_s": 0.0}
+    log["host"] = host_summary()
     step = load_state(state_dir / STATE_FILE, model, heads, opt, log) if resume else 0
     elapsed_before = log["elapsed_s"]
     bank = build_bank(recipe, seed)
