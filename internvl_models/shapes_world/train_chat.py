@@ -25,7 +25,6 @@ Deterministic: batches are a pure function of (seed, step); a run stopped (`--st
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -65,6 +64,7 @@ from .chat_tokenizer import load_tokenizer, write_tokenizer
 from .model_card import host_summary
 from .questions import QUESTION_KINDS
 from .tokenizer_training import train_tokenizer
+from .training_cli import run_options, training_parser
 from .vocab import COLOURS, SHAPES, SIZES, derive_seed
 
 DEFAULT_VISION = Path(__file__).resolve().parent / "weights" / "internvl-shapes"
@@ -541,26 +541,14 @@ def train(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", required=True, help="checkpoint directory to write")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, help="QA steps (default: the recipe's)")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/train_state (or --state-dir)")
-    parser.add_argument("--stop-after", type=int, help="stop at this global step, keeping the state for --resume")
-    parser.add_argument("--state-dir", help="where the periodic training state goes (default OUT/train_state)")
-    parser.add_argument("--keep-state", action="store_true", help="keep the training state after the export")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (0: torch's default)")
+    parser = training_parser(__doc__.split("\n")[0], "QA steps (default: the recipe's)",
+                             "stop at this global step, keeping the state for --resume")  # fmt: skip
     parser.add_argument(
         "--vision", default=str(DEFAULT_VISION), help="InternVL-C/G checkpoint for the tower ('' = none)"
     )
-    parser.add_argument("--recipe", default="{}", help="JSON object of Recipe fields to override")
     args = parser.parse_args(argv)
-    overrides = json.loads(args.recipe)
-    if args.steps is not None:
-        overrides["steps"] = args.steps
-    train(args.out, seed=args.seed, recipe=Recipe.from_overrides(overrides), resume=args.resume,
-          stop_after=args.stop_after, state_dir=args.state_dir, keep_state=args.keep_state,
-          threads=args.threads, vision=args.vision or None)  # fmt: skip
+    overrides, options = run_options(args)
+    train(args.out, recipe=Recipe.from_overrides(overrides), vision=args.vision or None, **options)
 
 
 if __name__ == "__main__":

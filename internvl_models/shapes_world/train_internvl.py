@@ -23,7 +23,6 @@ with `--resume` gives the same weights as a straight run (on CPU; CUDA kernels m
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -54,6 +53,7 @@ from .content import scene_satisfies
 from .model_card import host_summary
 from .scene import Scene, generate_scene, shape_twin, split_seeds
 from .tokenizer_training import CONFIG_FILE, MODEL_FILE, train_tokenizer
+from .training_cli import run_options, training_parser
 from .vocab import COLOURS, LANGUAGES, POSITIONS, SHAPES, SIZES, derive_seed
 
 STATE_FILE = "state.pt"
@@ -81,7 +81,9 @@ class Recipe:
     vocab_size: int = 1500
     tokenizer_scenes: int = 400
     train_scenes: int = 30000  # half of them shape twins of the other half when shape_twins
-    shape_twins: bool = False  # True: every batch half originals, half their shape twins (scene.shape_twin); see MODEL_CARD
+    shape_twins: bool = (
+        False  # True: every batch half originals, half their shape twins (scene.shape_twin); see MODEL_CARD
+    )
     batch_size: int = 128
     steps: int = 900
     lr: float = 2e-3
@@ -529,30 +531,11 @@ def train(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", required=True, help="checkpoint directory to write")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, help="total optimiser steps (default: the recipe's)")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/train_state (or --state-dir)")
-    parser.add_argument("--stop-after", type=int, help="stop at this step, keeping the state for --resume")
-    parser.add_argument("--state-dir", help="where the periodic training state goes (default OUT/train_state)")
-    parser.add_argument("--keep-state", action="store_true", help="keep the training state after the export")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--recipe", default="{}", help="JSON object of Recipe fields to override")
+    parser = training_parser(__doc__.split("\n")[0], "total optimiser steps (default: the recipe's)",
+                             "stop at this step, keeping the state for --resume")  # fmt: skip
     args = parser.parse_args(argv)
-    overrides = json.loads(args.recipe)
-    if args.steps is not None:
-        overrides["steps"] = args.steps
-    train(
-        args.out,
-        seed=args.seed,
-        recipe=Recipe.from_overrides(overrides),
-        resume=args.resume,
-        stop_after=args.stop_after,
-        state_dir=args.state_dir,
-        keep_state=args.keep_state,
-        threads=args.threads,
-    )
+    overrides, options = run_options(args)
+    train(args.out, recipe=Recipe.from_overrides(overrides), **options)
 
 
 if __name__ == "__main__":

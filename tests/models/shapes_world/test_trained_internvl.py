@@ -3,6 +3,7 @@ and the training script's determinism and exact resume on a micro recipe."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from safetensors.torch import load_file
 from internvl_models.registry import create_encoder
 from internvl_models.shapes_world import LANGUAGES
 from internvl_models.shapes_world.evaluate import evaluate_classification, evaluate_retrieval
-from internvl_models.shapes_world.train_internvl import Recipe, train
+from internvl_models.shapes_world.train_internvl import Recipe, main, train
 
 SHIPPED = Path(__file__).resolve().parents[3] / "internvl_models" / "shapes_world" / "weights" / "internvl-shapes"
 N_SCENES = 500
@@ -128,3 +129,11 @@ def test_training_is_deterministic_and_resumes_exactly(tmp_path: Path) -> None:
     assert not state_dir.exists()  # removed once the checkpoint is exported
     encoder = create_encoder("internvl-g", tmp_path / "resumed", device="cpu")
     assert encoder.encode_texts(["a red star"]).shape == (1, MICRO.embed_dim)
+
+
+def test_command_line_trains_the_recipe_it_is_given(tmp_path: Path) -> None:
+    recipe = {**dataclasses.asdict(MICRO), "steps": 4}
+    main(["--out", str(tmp_path / "cli"), "--seed", "3", "--recipe", json.dumps(recipe), "--threads", "1"])
+    log = json.loads((tmp_path / "cli" / "training_log.json").read_text())
+    assert log["recipe"]["steps"] == 4 and log["seed"] == 3 and [row["step"] for row in log["curve"]] == [4]
+    assert (tmp_path / "cli" / "model.safetensors").is_file()
