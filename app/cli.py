@@ -71,7 +71,7 @@ def _upgrade_catalog(settings, revision: str = "head") -> None:  # noqa: ANN001 
 
     if settings.database_url is None:  # the default SQLite file lives in the data dir, which may not exist yet
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-    _catalog_call(lambda: migrate.upgrade(settings.resolved_database_url(), revision))
+    _catalog_call(lambda: migrate.upgrade(settings.resolved_database_url(), revision, data_dir=settings.data_dir))
 
 
 def _catalog_call(fn):  # noqa: ANN001, ANN202
@@ -219,6 +219,12 @@ def _engine(settings, *, load_collections: bool = False):  # noqa: ANN001, ANN20
         image_batch_size=settings.image_batch_size,
         text_batch_size=settings.text_batch_size,
         allowed_roots=tuple(settings.allowed_root_paths()),
+        allow_private_urls=settings.allow_private_urls,
+        url_connect_timeout_s=settings.url_connect_timeout_s,
+        url_read_timeout_s=settings.url_read_timeout_s,
+        url_total_timeout_s=settings.url_total_timeout_s,
+        url_max_redirects=settings.url_max_redirects,
+        decode_workers=settings.decode_workers,
         max_image_pixels=settings.max_image_pixels,
         max_source_bytes=settings.max_upload_bytes,
     )
@@ -431,6 +437,51 @@ def search(
     for rank, hit in enumerate(hits, 1):
         meta = json.dumps(hit.metadata, ensure_ascii=False) if hit.metadata else ""
         typer.echo(f"{rank:>3}  {hit.score:.4f}  id={hit.id}  {hit.source}  {meta}".rstrip())
+
+
+@cli.command()
+def ask(
+    question: str = typer.Argument(..., help="The question, in any language."),
+    collection: str = typer.Option(..., "--collection", "-c", help="Collection to answer from."),
+    k: int = typer.Option(8, "-k", help="Images retrieved and reranked."),
+    filter_: str | None = typer.Option(None, "--filter", help="Metadata filter of the retrieval (JSON object)."),
+    image_id: list[int] = typer.Option(None, "--image-id", help="Ask about this image (repeat; no retrieval)."),
+    threshold: float | None = typer.Option(None, help="Least P(yes) of a relevant image (default: settings)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole result as JSON."),
+) -> None:
+    """Answer a question from a collection with the chat model: retrieve, rerank, answer, cite the images."""
+    from dataclasses import asdict
+
+    from indexer.chat import ChatService
+
+    from .chat_api import build_backend, chat_options
+
+    settings = load_settings()
+    conditions = _json_object(filter_, "--filter")
+    with _engine(settings) as engine:
+        service = ChatService(engine, _engine_call(lambda: build_backend(settings)), chat_options(settings))
+        try:
+            if image_id:
+                result = _engine_call(lambda: service.ask_images(question, collection, image_id))
+            else:
+                result = _engine_call(
+                    lambda: service.ask(question, collection, k=k, filter=conditions, threshold=threshold)
+                )
+        finally:
+            service.backend.close()
+    if as_json:
+        typer.echo(json.dumps(asdict(result), indent=2, ensure_ascii=False))
+        return
+    typer.echo(result.answer)
+    for citation in result.citations:
+        typer.echo(f"  cites {citation.label}: image {citation.image_id}")
+    for box in result.boxes:
+        where = "unknown image" if box.image_id is None else f"image {box.image_id}"
+        pixels = "" if box.box is None else " = pixels " + ", ".join(f"{v:.1f}" for v in box.box)
+        typer.echo(f"  box {box.ref or ''} on {where}: {list(box.box_1000)}{pixels}")
+    for r in result.retrieved:
+        chat = "" if r.yes_probability is None else f"  P(yes) {r.yes_probability:.3f}  combined {r.score:.4f}"
+        typer.echo(f"  retrieved image {r.id}  score {r.retrieval_score:.4f}{chat}")
 
 
 def main() -> None:

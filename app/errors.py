@@ -72,6 +72,9 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 # Domain exceptions -> (status, code). Order matters: the first matching class wins, so subclasses come first.
 DOMAIN_ERRORS: list[tuple[type[Exception], int, str]] = [
     (engine_errors.NotFound, 404, "not_found"),
+    (engine_errors.UpstreamTimeout, 504, "upstream_timeout"),
+    (engine_errors.UpstreamError, 502, "upstream_error"),
+    (engine_errors.ChatUnavailable, 503, "chat_unavailable"),
     (engine_errors.Conflict, 409, "conflict"),
     (engine_errors.InvalidInput, 422, "invalid_input"),
     (engine_errors.Busy, 503, "busy"),

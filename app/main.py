@@ -92,6 +92,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         app.state.searcher.close()
+        if getattr(app.state, "chat", None) is not None:  # made by the first chat request (app.chat_api)
+            await run_in_threadpool(app.state.chat.close)
         if app.state.owns_engine:
             await run_in_threadpool(engine.close)
             app.state.engine = None

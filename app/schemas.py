@@ -183,12 +183,17 @@ class SearchRequest(_Strict):
     min_score: float | None = Field(None, ge=-1, le=1)
     offset: int = Field(0, ge=0, le=10_000)
     collapse_duplicates: bool = False
+    rerank: Literal["none", "chat"] = Field(
+        "none", description='"chat": rerank the top hits of a text query by the chat model (P("yes") + score).'
+    )
+    rerank_top_n: int = Field(20, ge=1, le=100, description="Hits the chat model reranks (with rerank: chat).")
 
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
             "examples": [
                 {"collection": "photos", "text": "ein roter Kreis", "k": 10},
+                {"collection": "photos", "text": "a red star", "k": 5, "rerank": "chat", "rerank_top_n": 20},
                 {"collection": "photos", "image_id": 42, "k": 5, "filter": {"year": {"gte": 2020}}},
             ]
         },
@@ -212,6 +217,10 @@ class Hit(BaseModel):
     format: str | None
     image_url: str
     thumbnail_url: str
+    chat_score: float | None = Field(None, description='With rerank "chat": P("yes") from the chat model.')
+    rerank_score: float | None = Field(
+        None, description='With rerank "chat": the combined score results are sorted by.'
+    )
 
 
 class SearchResponse(BaseModel):

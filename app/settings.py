@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "INTERNVL_SEARCH_"
 API_KEY_SCOPES = ("read", "write", "admin")
-_SECRET_FIELDS = {"api_keys", "database_url"}
+_SECRET_FIELDS = {"api_keys", "database_url", "chat_api_key"}
 
 
 class SettingsError(Exception):
@@ -36,8 +36,23 @@ class Settings(BaseSettings):
     encoder_checkpoint: str | None = Field(
         None, description="Hub id or local directory of the encoder weights; default: the embedded shapes-world model."
     )
-    chat_model: str | None = Field(None, description="Chat model (hub id or local directory) for rerank and /v1/ask.")
-    chat_url: str | None = Field(None, description="OpenAI-compatible server used for chat instead of a local model.")
+    chat_model: str | None = Field(
+        None,
+        description="Chat model for rerank, /v1/ask and /v1/chat/completions: hub id or local directory (default: "
+        "the shipped shapes-world chat model, else OpenGVLab/InternVL2_5-1B); with CHAT_URL, the remote model name "
+        "(default: the first one the server lists).",
+    )
+    chat_url: str | None = Field(
+        None, description="OpenAI-compatible server (base URL ending in /v1) used for chat instead of a local model."
+    )
+    chat_api_key: str = Field("", description="Bearer key sent to the CHAT_URL server.")
+    chat_device: Literal["auto", "cpu", "cuda"] | None = Field(
+        None, description="Where the chat model runs (default: DEVICE)."
+    )
+    chat_timeout_s: float = Field(120.0, gt=0, description="Time limit of one call to the CHAT_URL server.")
+    chat_threshold: float = Field(
+        0.5, ge=0, le=1, description="/v1/ask answers 'not found' when no retrieved image reaches this P(yes)."
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where models run; auto = cuda when present.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Model dtype; auto = bfloat16 on CUDA, float32 on CPU."
@@ -61,6 +76,17 @@ class Settings(BaseSettings):
     allowed_roots: str = Field(
         "", description="Comma-separated directories from which server-side paths may be ingested (none by default)."
     )
+    # --- URL sources and decoding (ingestion and query images) ---
+    allow_private_urls: bool = Field(
+        False,
+        description="Let URLs reach private, loopback and link-local addresses (SSRF: only where every caller is "
+        "trusted).",
+    )
+    url_connect_timeout_s: float = Field(5.0, gt=0, le=600, description="Time limit to connect to a URL's server.")
+    url_read_timeout_s: float = Field(20.0, gt=0, le=3600, description="Longest wait for more bytes of a download.")
+    url_total_timeout_s: float = Field(60.0, gt=0, le=3600, description="Time limit of a whole URL download.")
+    url_max_redirects: int = Field(5, ge=0, le=30, description="Most redirects one URL may follow.")
+    decode_workers: int = Field(4, ge=1, le=256, description="Threads that fetch and decode images while indexing.")
     # --- logging ---
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     log_format: Literal["kv", "json"] = Field("kv", description="Log line format: key=value or JSON.")
@@ -75,6 +101,13 @@ class Settings(BaseSettings):
             if len(key) < 16:
                 raise ValueError("keys must be at least 16 characters long")
         return value
+
+    @field_validator("chat_url")
+    @classmethod
+    def _check_chat_url(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL, e.g. http://127.0.0.1:23333/v1")
+        return value or None
 
     @field_validator("allowed_roots")
     @classmethod
@@ -112,6 +145,7 @@ class Settings(BaseSettings):
         """Every setting with secrets masked, for `config show` and logs."""
         values = self.model_dump(mode="json")
         values["api_keys"] = ",".join(f"{scope}:***" for scope, _ in self.api_key_pairs())
+        values["chat_api_key"] = "***" if self.chat_api_key else ""
         values["database_url"] = self.resolved_database_url()
         return values
 

@@ -33,9 +33,8 @@ from indexer.errors import Conflict, InvalidInput, NotFound
 from indexer.jobs import JobInfo, JobRuntime, JobWorker, create_ingest_job, job_info, sweep_staging
 from indexer.live import LiveCollection, ReconcileReport, reconcile, target_kind
 from indexer.pipeline.sources import IngestItem
-from indexer.queries import collection_version
 from indexer.search import Hit, check_filter, check_query, hydrate, image_query_vector, nearest, text_query_vector
-from indexer.storage import CollectionFiles, remove_orphans
+from indexer.storage import remove_orphans
 from internvl_models import CheckpointError, Encoder, create_encoder
 
 log = logging.getLogger("internvl_search.engine")
@@ -198,9 +197,8 @@ class Engine:
                 dim=model.dim,
                 fingerprint=model.fingerprint,
                 index_kind=index_kind or self.config.default_index_kind,
+                checkpoint=None if checkpoint is None else str(checkpoint),
             )
-            # Inside the transaction: a collection never exists without the record of its checkpoint.
-            CollectionFiles(self.config.data_dir, row.id).write_info({"checkpoint": checkpoint, "encoder": name_})
             row_id = row.id
         self._live(row_id)
         return self.get_collection(name)
@@ -252,7 +250,10 @@ class Engine:
             live = self._lives.get(collection_id)
             if live is None:
                 with session_scope(self.sessions) as session:
-                    live = LiveCollection(self.config, repo.get_collection_by_id(session, collection_id))
+                    row = repo.get_collection_by_id(session, collection_id)
+                    live = LiveCollection(self.config, row)
+                    if row.checkpoint is None and live.checkpoint is not None:  # from the legacy file
+                        repo.set_checkpoint(session, row.id, live.checkpoint)
                 self._lives[collection_id] = live
         if not live.loaded:
             if live.lock.acquire(blocking=False):
@@ -280,7 +281,7 @@ class Engine:
         """The collection for a read, refreshed when another process changed it since we loaded it."""
         live = self._live_by_name(name)
         with session_scope(self.sessions) as session:
-            version = collection_version(session, live.id)
+            version = repo.collection_version(session, live.id)
         if version is not None and version != live.store.version and not live.lock.held:
             live.loaded = False  # stale: reconcile again (now if nobody is writing, otherwise the saved index)
             self._live(live.id)

@@ -44,3 +44,15 @@ class CorruptData(IndexerError):
     def __init__(self, message: str, path: str) -> None:
         super().__init__(message)
         self.path = path
+
+
+class ChatUnavailable(IndexerError):
+    """No chat model can answer: none configured, its weights cannot be loaded, or the chat server is unreachable."""
+
+
+class UpstreamError(IndexerError):
+    """The remote chat server answered with an error or with something that is not an OpenAI-style response."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """The remote chat server did not answer within the configured time."""

@@ -30,7 +30,6 @@ from indexer.pipeline.flow import ItemSpec
 from indexer.pipeline.runner import PipelineRun, run_pipeline
 from indexer.pipeline.sources import Fetcher, IngestItem, plan
 from indexer.pipeline.urls import Downloader
-from indexer.queries import job_state
 from indexer.storage import remove_staging, staging_dir
 from indexer.vector_store.base import atomic_write
 
@@ -286,7 +285,7 @@ class JobRuntime:
             if stop.is_set():
                 return True
             with session_scope(sessions) as session:
-                return job_state(session, job_id) == "cancelled"
+                return repo.job_state(session, job_id) == "cancelled"
 
         def on_batch(_result: object) -> None:
             if progress is not None:

@@ -68,7 +68,8 @@ class LiveCollection:
         self.id, self.name, self.dim = row.id, row.name, row.dim
         self.encoder_name, self.fingerprint, self.index_kind = row.encoder, row.fingerprint, row.index_kind
         self.files = CollectionFiles(config.data_dir, row.id)
-        self.checkpoint: str | None = self.files.read_info().get("checkpoint")
+        # A collection created before catalog revision 0002 may still have it only in its legacy file.
+        self.checkpoint: str | None = row.checkpoint or self.files.legacy_checkpoint()
         self.lock = WriteLock(self.files.lock_path)
         self.store: VectorStore = create_vector_store(target_kind(row.index_kind, 0), row.dim)
         self.loaded = False

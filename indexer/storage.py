@@ -3,7 +3,7 @@
     <data_dir>/collections/<id>/index.ivs          the saved vector store (derived; rebuilt when absent or corrupt)
     <data_dir>/collections/<id>/embeddings/        durable float16 embedding shards (EmbeddingStore)
     <data_dir>/collections/<id>/originals/ab/<sha>  each original image, content-addressed by its sha256
-    <data_dir>/collections/<id>/collection.json    what the catalog row cannot hold (the encoder checkpoint)
+    <data_dir>/collections/<id>/collection.json    legacy (before catalog revision 0002): the encoder checkpoint
     <data_dir>/collections/<id>/write.lock         flock: one writing process per collection
     <data_dir>/jobs/<job id>/                      uploads staged until their job ends
 
@@ -21,9 +21,8 @@ import tempfile
 import threading
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
-from indexer.vector_store.base import atomic_write, fsync_dir
+from indexer.vector_store.base import fsync_dir
 
 
 class CollectionFiles:
@@ -34,17 +33,16 @@ class CollectionFiles:
         self.index_path = self.root / "index.ivs"
         self.embeddings_dir = self.root / "embeddings"
         self.originals = OriginalStore(self.root / "originals")
-        self.info_path = self.root / "collection.json"
+        self.legacy_info_path = self.root / "collection.json"
         self.lock_path = self.root / "write.lock"
 
-    def write_info(self, info: dict[str, Any]) -> None:
-        atomic_write(self.info_path, [json.dumps(info, sort_keys=True).encode()])
-
-    def read_info(self) -> dict[str, Any]:
+    def legacy_checkpoint(self) -> str | None:
+        """The checkpoint recorded in collection.json by versions before the catalog had a column for it."""
         try:
-            return json.loads(self.info_path.read_text())
-        except (OSError, ValueError):
-            return {}
+            checkpoint = json.loads(self.legacy_info_path.read_text()).get("checkpoint")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return checkpoint if isinstance(checkpoint, str) and checkpoint else None
 
     def remove(self) -> None:
         """Delete every file of the collection: renamed aside first, so a crash never leaves half a folder in use."""

@@ -2,8 +2,8 @@
 
 from fastapi import APIRouter
 
-from . import classify, collections, embed, health, images, index, jobs, search, web
+from . import chat, classify, collections, embed, health, images, index, jobs, search, web
 
 api_router = APIRouter()
-for module in (health, collections, index, jobs, search, images, classify, embed, web):
+for module in (health, collections, index, jobs, search, images, classify, embed, chat, web):
     api_router.include_router(module.router)

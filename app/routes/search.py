@@ -3,17 +3,21 @@
 
 from fastapi import APIRouter, File, Form, UploadFile
 
+from ..chat_api import ChatDep
 from ..deps import ReadKey, SearcherDep, json_form_field
 from ..errors import ErrorResponse
 from ..schemas import SearchRequest, SearchResponse
 
-ERRORS = {code: {"model": ErrorResponse} for code in (401, 403, 404, 409, 413, 422, 504)}
+ERRORS = {code: {"model": ErrorResponse} for code in (401, 403, 404, 409, 413, 422, 502, 503, 504)}
 router = APIRouter(prefix="/v1/search", tags=["search"], dependencies=[ReadKey], responses=ERRORS)
 
 
 @router.post("", response_model=SearchResponse)
-async def search(body: SearchRequest, searcher: SearcherDep) -> SearchResponse:
-    """The k images closest to the query, best first, with scores (cosine), metadata and image/thumbnail URLs."""
+async def search(body: SearchRequest, searcher: SearcherDep, chat: ChatDep) -> SearchResponse:
+    """The k images closest to the query, best first, with scores (cosine), metadata and image/thumbnail URLs.
+    `rerank: "chat"` reorders the top `rerank_top_n` of a text query by the chat model."""
+    if body.rerank == "chat":
+        return await chat.search(body, searcher)
     return await searcher.search(body)
 
 

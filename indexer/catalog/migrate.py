@@ -9,6 +9,7 @@ anywhere. The database URL travels in `Config.attributes` rather than the ini op
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 from alembic import command
@@ -34,23 +35,28 @@ def migrations_dir() -> Path:
     raise IndexerError(f"Alembic scripts not found (looked in {beside_package} and the `migrations` package)")
 
 
-def alembic_config(url: str | None = None) -> Config:
-    """An Alembic `Config` pointing at our scripts, with `url` (if given) for `migrations/env.py` to use."""
+def alembic_config(url: str | None = None, data_dir: str | os.PathLike[str] | None = None) -> Config:
+    """An Alembic `Config` pointing at our scripts, with `url` (if given) for `migrations/env.py` to use.
+
+    `data_dir` is the service's data directory, for revisions that move data between files and the catalog
+    (0002: the collections' checkpoints)."""
     config = Config()
     config.set_main_option("script_location", str(migrations_dir()))
     if url is not None:
         config.attributes["url"] = url
+    if data_dir is not None:
+        config.attributes["data_dir"] = str(data_dir)
     return config
 
 
-def upgrade(url: str, revision: str = "head") -> None:
+def upgrade(url: str, revision: str = "head", *, data_dir: str | os.PathLike[str] | None = None) -> None:
     """Migrate the database at `url` up to `revision` (default: the newest)."""
-    command.upgrade(alembic_config(url), revision)
+    command.upgrade(alembic_config(url, data_dir), revision)
 
 
-def downgrade(url: str, revision: str) -> None:
+def downgrade(url: str, revision: str, *, data_dir: str | os.PathLike[str] | None = None) -> None:
     """Migrate the database at `url` down to `revision` (`"base"` removes every table)."""
-    command.downgrade(alembic_config(url), revision)
+    command.downgrade(alembic_config(url, data_dir), revision)
 
 
 def head_revisions() -> tuple[str, ...]:

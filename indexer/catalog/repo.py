@@ -56,9 +56,18 @@ def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]
 
 
 def create_collection(
-    session: Session, *, name: str, encoder: str, dim: int, fingerprint: str, index_kind: str = "auto"
+    session: Session,
+    *,
+    name: str,
+    encoder: str,
+    dim: int,
+    fingerprint: str,
+    index_kind: str = "auto",
+    checkpoint: str | None = None,
 ) -> Collection:
-    """Create a collection; `Conflict` if the name is taken, `InvalidInput` for a bad name, dim or index kind."""
+    """Create a collection; `Conflict` if the name is taken, `InvalidInput` for a bad name, dim or index kind.
+
+    `checkpoint` is where the weights came from (hub id or directory; None: the encoder's default weights)."""
     if not NAME_PATTERN.fullmatch(name):
         raise InvalidInput(
             f"Invalid collection name {name!r}: use 1-128 letters, digits, '_', '.' or '-', starting with a "
@@ -69,7 +78,9 @@ def create_collection(
         raise InvalidInput(f"Collection dimension must be a positive integer, got {dim!r}")
     if session.scalar(select(Collection.id).where(Collection.name == name)) is not None:
         raise Conflict(f"Collection {name!r} already exists")
-    collection = Collection(name=name, encoder=encoder, dim=dim, fingerprint=fingerprint, index_kind=index_kind)
+    collection = Collection(
+        name=name, encoder=encoder, dim=dim, fingerprint=fingerprint, index_kind=index_kind, checkpoint=checkpoint
+    )
     session.add(collection)
     try:
         # Losing a race against a concurrent creator surfaces here. No savepoint: pysqlite's legacy transaction
@@ -115,6 +126,14 @@ def delete_collection(session: Session, collection_id: int) -> None:
 def set_index_kind(session: Session, collection_id: int, index_kind: str) -> None:
     _check_index_kind(index_kind)
     get_collection_by_id(session, collection_id).index_kind = index_kind
+
+
+def set_checkpoint(session: Session, collection_id: int, checkpoint: str | None) -> None:
+    get_collection_by_id(session, collection_id).checkpoint = checkpoint
+
+
+def collection_version(session: Session, collection_id: int) -> int | None:
+    return session.scalar(select(Collection.index_version).where(Collection.id == collection_id))
 
 
 def bump_index_version(session: Session, collection_id: int) -> int:
@@ -296,6 +315,27 @@ def set_image_metadata(session: Session, image_id: int, meta: Mapping[str, Any] 
     return image
 
 
+def indexed_image_with_sha(session: Session, collection_id: int, sha256: str) -> int | None:
+    """The id of the collection's indexed image with this content, if any."""
+    return session.scalar(
+        select(Image.id).where(Image.collection_id == collection_id, Image.sha256 == sha256, Image.status == "indexed")
+    )
+
+
+def shas_in_use(session: Session, collection_id: int, shas: Iterable[str]) -> set[str]:
+    """Which of `shas` belong to an image of the collection that is not deleted (whose original must stay)."""
+    found: set[str] = set()
+    for chunk in _chunks(sorted(set(shas))):
+        found.update(
+            session.scalars(
+                select(Image.sha256).where(
+                    Image.collection_id == collection_id, Image.sha256.in_(chunk), Image.status != "deleted"
+                )
+            )
+        )
+    return found
+
+
 def image_ids(session: Session, collection_id: int, *, status: str | None = "indexed") -> np.ndarray:
     """Sorted int64 ids of the collection's images in `status` (None: all); "indexed" means it has a vector."""
     stmt = select(Image.id).where(Image.collection_id == collection_id).order_by(Image.id)
@@ -417,6 +457,10 @@ def list_jobs(
     return list(session.scalars(stmt))
 
 
+def job_state(session: Session, job_id: int) -> str | None:
+    return session.scalar(select(Job.state).where(Job.id == job_id))
+
+
 def _check_job_state(state: str) -> None:
     if state not in JOB_STATES:
         raise InvalidInput(f"Unknown job state {state!r}. Available: {list(JOB_STATES)}")
@@ -455,6 +499,21 @@ def next_job_items(session: Session, job_id: int, *, limit: int = 256) -> list[J
         .limit(limit)
     )
     return list(session.scalars(stmt))
+
+
+def pending_items_after(session: Session, job_id: int, after: int, limit: int) -> list[tuple[int, str]]:
+    """(position, source) of the job's pending ledger items after position `after`, in position order.
+
+    Paging by position (not by state alone) lets the pipeline read ahead while earlier items are still in flight
+    and pending.
+    """
+    rows = session.execute(
+        select(JobItem.position, JobItem.source)
+        .where(JobItem.job_id == job_id, JobItem.state == "pending", JobItem.position > after)
+        .order_by(JobItem.position)
+        .limit(limit)
+    )
+    return [(int(position), source) for position, source in rows]
 
 
 def record_item_outcomes(session: Session, job_id: int, outcomes: Sequence[ItemOutcome]) -> OutcomeCounts:

@@ -78,6 +78,9 @@ class Collection(Base):
     dim: Mapped[int] = mapped_column(Integer)
     # Identifies the exact weights; a different checkpoint under the same encoder name gives a different space.
     fingerprint: Mapped[str] = mapped_column(String(128))
+    # Hub id or directory the weights were loaded from; NULL: the encoder's default weights (or, for a collection
+    # created before revision 0002, still in its legacy collection.json until the engine first loads it).
+    checkpoint: Mapped[str | None] = mapped_column(Text)
     index_kind: Mapped[str] = mapped_column(String(16), default="auto")
     # Bumped on every change to the set of indexed vectors; a saved FAISS file records the version it was
     # built at, so start-up reconciliation can tell a stale index from a current one without scanning.

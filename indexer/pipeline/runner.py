@@ -1,16 +1,21 @@
 """The ingestion pipeline: ledger -> fetch/decode (thread pool) -> embed -> write, timed per stage.
 
 The ledger is the plan: pending items are read in position order; a stop request (cancel, shutdown) is honoured
-between batches, leaving the rest pending for a resumed run.
+between batches, leaving the rest pending for a resumed run. Originals are stored as items are decoded, ahead of
+their batch's commit; whatever a stopped, cancelled or failed run stored for items it never committed is deleted
+when the run ends (a resumed run stores them again).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import logging
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from indexer.catalog import repo
 from indexer.catalog.db import session_scope
 from indexer.config import EngineConfig
 from indexer.live import LiveCollection
@@ -19,12 +24,14 @@ from indexer.pipeline.embed import embed_batch
 from indexer.pipeline.flow import ItemSpec, Prepared, Settled, StageClock, ordered_map
 from indexer.pipeline.sources import Fetcher
 from indexer.pipeline.write import BatchResult, BatchWriter
-from indexer.queries import indexed_image_with_sha, pending_items_after
+from indexer.storage import OriginalStore
 from internvl_models import Encoder
 
 # Ledger rows per query; settled items (failures, duplicates) that flush a batch early, so progress shows.
 LEDGER_PAGE = 512
 SETTLED_FLUSH = 256
+
+log = logging.getLogger("internvl_search.pipeline")
 
 
 @dataclass
@@ -44,11 +51,12 @@ class PipelineRun:
 def run_pipeline(run: PipelineRun) -> tuple[StageClock, bool]:
     """Process the job's pending items; returns the stage times and whether every item was reached."""
     clock, config = StageClock(), run.config
+    kept = UncommittedOriginals(run.live.files.originals) if config.store_originals else None
     preparer = ItemPreparer(
         run.fetcher.fetch,
         lambda sha: _find_indexed(run, sha),
         run.encoder.preprocess_image,
-        run.live.files.originals.put if config.store_originals else None,
+        kept.put if kept is not None else None,
         max_pixels=config.max_image_pixels,
         max_frames=config.max_frames,
         clock=clock,
@@ -57,26 +65,69 @@ def run_pipeline(run: PipelineRun) -> tuple[StageClock, bool]:
     batch, workers = config.image_batch_size, config.decode_workers
     # Two batches in flight keep the encoder fed while bounding the decoded pixels held in memory.
     results = ordered_map(preparer, _ledger(run), workers=workers, window=max(2 * batch, 4 * workers), clock=clock)
-    for prepared, settled in _batches(results, batch):
-        if run.should_stop():
-            results.close()  # cancels the decodes in flight; their items stay pending
-            return clock, False
-        vectors = embed_batch(run.encoder, prepared, clock)
-        run.progress(writer.write(prepared, vectors, settled))
-        run.live.save_if_due(config.index_save_interval_s)
-    return clock, True
+    try:
+        for prepared, settled in _batches(results, batch):
+            if run.should_stop():
+                return clock, False  # the decodes in flight are cancelled below; their items stay pending
+            vectors = embed_batch(run.encoder, prepared, clock)
+            run.progress(writer.write(prepared, vectors, settled))
+            if kept is not None:
+                kept.committed(item.sha256 for item in prepared)
+            run.live.save_if_due(config.index_save_interval_s)
+        return clock, True
+    finally:
+        results.close()  # cancels queued decodes and waits for running ones, so no original is stored after this
+        if kept is not None:
+            kept.sweep(run.sessions, run.live.id)
+
+
+class UncommittedOriginals:
+    """Stores originals for the decode threads and remembers those whose batch has not been committed yet."""
+
+    def __init__(self, store: OriginalStore) -> None:
+        self.store = store
+        self._shas: set[str] = set()
+        self._lock = threading.Lock()
+
+    def put(self, sha256: str, data: bytes) -> None:
+        self.store.put(sha256, data)
+        with self._lock:
+            self._shas.add(sha256)
+
+    def committed(self, shas: Iterable[str]) -> None:
+        with self._lock:
+            self._shas.difference_update(shas)
+
+    def sweep(self, sessions: sessionmaker[Session], collection_id: int) -> int:
+        """Delete the remembered originals no image of the collection refers to; returns how many.
+
+        Call it with the collection's writer lock held and no decode running: then nothing else can be about to
+        commit a row for one of them."""
+        with self._lock:
+            shas, self._shas = self._shas, set()
+        if not shas:
+            return 0
+        try:
+            with session_scope(sessions) as session:
+                orphans = shas - repo.shas_in_use(session, collection_id, shas)
+            for sha in orphans:
+                self.store.delete(sha)
+        except Exception:  # leftover files cost disk space only; never hide the run's own outcome behind this
+            log.exception("could not sweep the originals of uncommitted items", extra={"collection": collection_id})
+            return 0
+        return len(orphans)
 
 
 def _find_indexed(run: PipelineRun, sha: str) -> int | None:
     with session_scope(run.sessions) as session:
-        return indexed_image_with_sha(session, run.live.id, sha)
+        return repo.indexed_image_with_sha(session, run.live.id, sha)
 
 
 def _ledger(run: PipelineRun) -> Iterator[tuple[int, ItemSpec]]:
     after = -1
     while True:
         with session_scope(run.sessions) as session:
-            page = pending_items_after(session, run.job_id, after, LEDGER_PAGE)
+            page = repo.pending_items_after(session, run.job_id, after, LEDGER_PAGE)
         if not page:
             return
         for position, source in page:

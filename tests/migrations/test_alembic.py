@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Column, Integer, MetaData, create_engine, inspect
+from sqlalchemy import Column, Integer, MetaData, create_engine, inspect, text
 
 from indexer.catalog import migrate
 from indexer.catalog.db import check_schema_current, make_engine
@@ -113,3 +115,67 @@ def test_offline_sql(capsys: pytest.CaptureFixture[str]) -> None:
     command.upgrade(config, "head", sql=True)
     sql = capsys.readouterr().out
     assert "CREATE TABLE images" in sql and "JSONB" in sql and "ON DELETE CASCADE" in sql
+
+
+def _insert_collection(url: str, name: str) -> int:
+    """A collections row as revision 0001 knew it (no checkpoint column)."""
+    engine = create_engine(url)
+    now = datetime.now(UTC)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO collections (name, encoder, dim, fingerprint, index_kind, index_version, created_at,"
+                    " updated_at) VALUES (:name, 'internvl-c', 8, 'f', 'auto', 0, :now, :now)"
+                ),
+                {"name": name, "now": now},
+            )
+            return int(connection.execute(text("SELECT id FROM collections WHERE name = :n"), {"n": name}).scalar())
+    finally:
+        engine.dispose()
+
+
+def _checkpoints(url: str) -> dict[str, str | None]:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return dict(connection.execute(text("SELECT name, checkpoint FROM collections")).all())
+    finally:
+        engine.dispose()
+
+
+def test_0002_moves_checkpoints_between_files_and_catalog(catalog_url: str, tmp_path: Path) -> None:
+    """Upgrading with the data dir copies each legacy collection.json checkpoint into the new column; downgrading
+    writes it back to the file; collections without one (the encoder's default weights) stay NULL."""
+    data_dir = tmp_path / "data"
+    migrate.upgrade(catalog_url, "0001")
+    legacy = _insert_collection(catalog_url, "legacy")
+    default = _insert_collection(catalog_url, "default")
+    broken = _insert_collection(catalog_url, "broken")
+    info = {i: data_dir / "collections" / str(i) / "collection.json" for i in (legacy, default, broken)}
+    for path in info.values():
+        path.parent.mkdir(parents=True)
+    info[legacy].write_text(json.dumps({"checkpoint": "/models/internvl-c", "encoder": "internvl-c"}))
+    info[default].write_text(json.dumps({"checkpoint": None, "encoder": "internvl-c"}))
+    info[broken].write_text("{not json")
+
+    migrate.upgrade(catalog_url, "head", data_dir=data_dir)
+    assert _checkpoints(catalog_url) == {"legacy": "/models/internvl-c", "default": None, "broken": None}
+    assert drift(catalog_url, Base.metadata) == []
+
+    info[legacy].unlink()  # a later version no longer writes the file: the downgrade must recreate it
+    migrate.downgrade(catalog_url, "0001", data_dir=data_dir)
+    assert json.loads(info[legacy].read_text()) == {"checkpoint": "/models/internvl-c"}
+    assert json.loads(info[default].read_text())["checkpoint"] is None
+    assert "checkpoint" not in {c["name"] for c in _columns(catalog_url, "collections")}
+
+    migrate.upgrade(catalog_url, "head")  # without a data dir: the column comes, the engine backfills it later
+    assert _checkpoints(catalog_url) == {"legacy": None, "default": None, "broken": None}
+
+
+def _columns(url: str, table: str) -> list[dict]:
+    engine = create_engine(url)
+    try:
+        return inspect(engine).get_columns(table)
+    finally:
+        engine.dispose()
