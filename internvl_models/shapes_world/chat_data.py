@@ -18,7 +18,6 @@ import torch
 
 from ..conversation import get_template
 from ..tiling import build_query, dynamic_tiles
-from ..transforms import IMAGENET_MEAN, IMAGENET_STD
 from .questions import QUESTION_KINDS, make_question
 from .scene import Scene, generate_scene, split_seeds
 from .vocab import COLOURS, LANGUAGES, POSITIONS, SHAPES, SIZES, derive_seed
@@ -67,13 +66,6 @@ def cell_targets(scene: Scene) -> tuple[torch.Tensor, torch.Tensor]:
         x1, y1, x2, y2 = obj.unit_box
         boxes[cell] = torch.tensor([x1 * 3 - col, y1 * 3 - row, x2 * 3 - col, y2 * 3 - row])
     return labels, boxes
-
-
-def normalise_pixels(pixels: torch.Tensor) -> torch.Tensor:
-    """uint8 -> ImageNet-normalised float: ToTensor + Normalize of the inference transform."""
-    mean = torch.tensor(IMAGENET_MEAN, device=pixels.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=pixels.device).view(1, 3, 1, 1)
-    return (pixels.float() / 255.0 - mean) / std
 
 
 def region_cells(grid: int) -> torch.Tensor:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import random
 import shutil
 import time
@@ -56,7 +55,6 @@ from .chat_data import (
     build_bank_split,
     collate,
     make_batch,
-    normalise_pixels,
     region_cells,
     sample_conversations,
 )
@@ -64,7 +62,7 @@ from .chat_tokenizer import load_tokenizer, write_tokenizer
 from .model_card import host_summary
 from .questions import QUESTION_KINDS
 from .tokenizer_training import train_tokenizer
-from .training_cli import run_options, training_parser
+from .training_common import cosine_lr, normalise_pixels, recipe_from_overrides, run_options, split_ce, training_parser
 from .vocab import COLOURS, SHAPES, SIZES, derive_seed
 
 DEFAULT_VISION = Path(__file__).resolve().parent / "weights" / "internvl-shapes"
@@ -111,12 +109,7 @@ class Recipe:
 
     @classmethod
     def from_overrides(cls, overrides: dict[str, Any] | None) -> Recipe:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(overrides or {}) - names)
-        if unknown:
-            raise ValueError(f"Unknown recipe keys {unknown}. Valid keys: {sorted(names)}")
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in (overrides or {}).items()}
-        return cls(**values)
+        return recipe_from_overrides(cls, overrides)
 
 
 # --- config -------------------------------------------------------------------------------------------------------
@@ -182,11 +175,6 @@ class VisionHeads(nn.Module):
         self.box = nn.Linear(4 * width, 4)
 
 
-def _split_ce(logits: torch.Tensor, labels: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
-    parts = logits.split(list(sizes), dim=-1)
-    return sum(F.cross_entropy(p.reshape(-1, p.shape[-1]), labels[..., k].reshape(-1)) for k, p in enumerate(parts))
-
-
 def shuffled_tokens(vit: InternViT, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(patch tokens (B, P, C), pixel-shuffled tokens (B, P/4, 4C)): what `extract_feature` feeds to mlp1."""
     tokens = vit(pixels).last_hidden_state[:, 1:]
@@ -200,9 +188,9 @@ def vision_loss(vit: InternViT, heads: VisionHeads, bank: SceneBank, index: torc
     patches, shuffled = shuffled_tokens(vit, normalise_pixels(bank.pixels[index].to(device)))
     cells, boxes = bank.cells[index].to(device), bank.boxes[index].to(device)
     patch_cells = region_cells(int(patches.shape[1] ** 0.5)).to(device)
-    cls = _split_ce(heads.patch(patches), cells[:, patch_cells], (N_COLOUR, N_SHAPE, N_SIZE))
+    cls = split_ce(heads.patch(patches), cells[:, patch_cells], (N_COLOUR, N_SHAPE, N_SIZE))
     token_cells = region_cells(int(shuffled.shape[1] ** 0.5)).to(device)
-    cls = cls + _split_ce(heads.token(shuffled), cells[:, token_cells], (N_COLOUR, N_SHAPE, N_SIZE))
+    cls = cls + split_ce(heads.token(shuffled), cells[:, token_cells], (N_COLOUR, N_SHAPE, N_SIZE))
     full = cells[:, token_cells, 0] > 0  # only tokens whose cell holds an object have a box
     box = F.smooth_l1_loss(heads.box(shuffled)[full], boxes[:, token_cells][full], beta=0.05)
     return cls + 4 * box, {"cls": float(cls.detach()), "box": float(box.detach())}
@@ -256,7 +244,7 @@ def chat_forward(
     token_cells = region_cells(int(vit.shape[1] ** 0.5)).to(device)
     cells = bank.cells[images].to(device)[:, token_cells]
     where = token_cells.expand(len(images), -1)[..., None]
-    aux = _split_ce(heads.image(vit), torch.cat([cells[..., :2], where], -1), (N_COLOUR, N_SHAPE, 9))
+    aux = split_ce(heads.image(vit), torch.cat([cells[..., :2], where], -1), (N_COLOUR, N_SHAPE, 9))
     logits, targets, rows, states = [], [], [], []
     for chunk, features in zip(batch.chunks, vit.split([len(c.images) for c in batch.chunks]), strict=True):
         ids, labels = chunk.input_ids.to(device), chunk.labels.to(device)
@@ -271,7 +259,7 @@ def chat_forward(
         # The position that predicts an answer's first token (the end of its prompt) holds the parsed question.
         starts = keep & (answer != F.pad(answer, (1, 0), value=-1)[:, :-1])
         states.append(out.hidden_states[parse_layer][starts])
-    parse = _split_ce(heads.parse(torch.cat(states)), batch.referents.to(device), (N_COLOUR, N_SHAPE, 10))
+    parse = split_ce(heads.parse(torch.cat(states)), batch.referents.to(device), (N_COLOUR, N_SHAPE, 10))
     return torch.cat(logits), torch.cat(targets), torch.cat(rows), torch.stack([aux, parse])
 
 
@@ -298,14 +286,6 @@ def make_optimizer(params: Sequence[tuple[str, nn.Parameter]], lr: float, wd: fl
     plain = [p for n, p in params if not (p.ndim >= 2 and not any(s in n for s in skip))]
     groups = [{"params": decay, "weight_decay": wd}, {"params": plain, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6)
-
-
-def learning_rate(lr: float, step: int, total: int, warmup: int, min_ratio: float) -> float:
-    """Linear warmup, then cosine down to lr * min_ratio at the last step."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 @torch.no_grad()
@@ -415,7 +395,7 @@ def train_vision(run: Run, vit: InternViT, bank: SceneBank, state: dict | None, 
         rng = random.Random(derive_seed("vision-batch", run.seed, step))
         index = torch.tensor(rng.sample(range(len(bank.scenes)), recipe.vision_batch))
         loss, parts = vision_loss(vit, heads, bank, index)
-        lr = learning_rate(recipe.vision_lr, step, recipe.vision_steps, 10, recipe.min_lr_ratio)
+        lr = cosine_lr(recipe.vision_lr, step, recipe.vision_steps, 10, recipe.min_lr_ratio)
         _optimise([p for _, p in named], opt, loss, lr, recipe.grad_clip)
         step, window = step + 1, [*window, parts]
         if step % recipe.eval_every == 0 or step == recipe.vision_steps:
@@ -449,7 +429,7 @@ def train_qa(run: Run, model: InternVLChat, data: dict, state: dict | None, stop
         )
         answer = answer_loss(logits, targets, rows)
         loss = answer + recipe.align_weight * aux[0] + recipe.parse_weight * aux[1]
-        lr = learning_rate(recipe.lr, step - first, recipe.steps, recipe.warmup_steps, recipe.min_lr_ratio)
+        lr = cosine_lr(recipe.lr, step - first, recipe.steps, recipe.warmup_steps, recipe.min_lr_ratio)
         _optimise([p for _, p in named], opt, loss, lr, recipe.grad_clip)
         step, window = (
             step + 1,

@@ -37,7 +37,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
@@ -46,14 +45,14 @@ from ..config import InternViTConfig, InternVLConfig, QLLaMAConfig
 from ..device import resolve_device
 from ..internvl import InternVL
 from ..tokenizer import QLLaMATokenizer
-from ..transforms import IMAGENET_MEAN, IMAGENET_STD, retrieval_transform
+from ..transforms import retrieval_transform
 from . import evaluate
 from .captions import Caption, describe_scene, query_caption
 from .content import scene_satisfies
 from .model_card import host_summary
 from .scene import Scene, generate_scene, shape_twin, split_seeds
 from .tokenizer_training import CONFIG_FILE, MODEL_FILE, train_tokenizer
-from .training_cli import run_options, training_parser
+from .training_common import cosine_lr, normalise_pixels, recipe_from_overrides, run_options, split_ce, training_parser
 from .vocab import COLOURS, LANGUAGES, POSITIONS, SHAPES, SIZES, derive_seed
 
 STATE_FILE = "state.pt"
@@ -103,11 +102,7 @@ class Recipe:
 
     @classmethod
     def from_overrides(cls, overrides: dict[str, Any] | None) -> Recipe:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(overrides or {}) - names)
-        if unknown:
-            raise ValueError(f"Unknown recipe keys {unknown}. Valid keys: {sorted(names)}")
-        return cls(**(overrides or {}))
+        return recipe_from_overrides(cls, overrides)
 
 
 def build_config(recipe: Recipe, vocab_size: int) -> InternVLConfig:
@@ -286,12 +281,6 @@ def patch_cells(image_size: int, patch_size: int) -> torch.Tensor:
     return (band[:, None] * 3 + band[None, :]).flatten()
 
 
-def _split_ce(logits: torch.Tensor, labels: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
-    """Sum of cross-entropies of consecutive label groups: logits (..., sum(sizes)), labels (..., len(sizes))."""
-    parts = logits.split(list(sizes), dim=-1)
-    return sum(F.cross_entropy(p.reshape(-1, p.shape[-1]), labels[..., k].reshape(-1)) for k, p in enumerate(parts))
-
-
 def contrastive(image: torch.Tensor, text: torch.Tensor, positives: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Symmetric InfoNCE over unit vectors with soft targets spread evenly over all positives."""
     logits = scale * text @ image.t()  # (T, B)
@@ -299,13 +288,6 @@ def contrastive(image: torch.Tensor, text: torch.Tensor, positives: torch.Tensor
     t2i = -(targets / targets.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
     i2t = -(targets / targets.sum(0, keepdim=True) * logits.log_softmax(0)).sum(0).mean()
     return (t2i + i2t) / 2
-
-
-def normalise_pixels(pixels: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 3, S, S) -> ImageNet-normalised float, as ToTensor + Normalize in the inference transform."""
-    mean = torch.tensor(IMAGENET_MEAN, device=pixels.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=pixels.device).view(1, 3, 1, 1)
-    return (pixels.float() / 255.0 - mean) / std
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -318,7 +300,7 @@ def scene_ce(heads: AuxHeads, embeds: torch.Tensor, cells: torch.Tensor) -> torc
     The unit vectors are scaled to unit-variance entries: early on all embeddings point almost the same way, and
     on raw unit vectors the head would need huge weights to read the small differences."""
     logits = heads.scene(embeds * math.sqrt(embeds.shape[1])).view(len(embeds), N_CELLS, N_COLOUR + N_SHAPE)
-    return _split_ce(logits, cells[..., :2], (N_COLOUR, N_SHAPE))
+    return split_ce(logits, cells[..., :2], (N_COLOUR, N_SHAPE))
 
 
 def compute_loss(
@@ -337,7 +319,7 @@ def compute_loss(
     loss_g = contrastive(image_g, text, positives, scale)
     cells = bank.cells[batch.index].to(device)  # (B, 9, 3)
     joint = cells[:, cells_of_patch] * N_CELLS + cells_of_patch[None, :, None]  # (B, P, 3): (cell, class) ids
-    aux_patch = _split_ce(heads.patch(tokens[:, 1:]), joint, [N_CELLS * n for n in (N_COLOUR, N_SHAPE, N_SIZE)])
+    aux_patch = split_ce(heads.patch(tokens[:, 1:]), joint, [N_CELLS * n for n in (N_COLOUR, N_SHAPE, N_SIZE)])
     aux_image = (scene_ce(heads, image_c, cells) + scene_ce(heads, image_g, cells)) / 2
     full = batch.full.to(device)  # only an all-object caption determines every cell
     aux_text = scene_ce(heads, text[full], cells[full])
@@ -359,11 +341,7 @@ def make_optimizer(model: InternVL, heads: AuxHeads, recipe: Recipe) -> torch.op
 
 
 def learning_rate(recipe: Recipe, step: int) -> float:
-    """Linear warmup, then cosine from lr down to lr * min_lr_ratio at the last step."""
-    if step < recipe.warmup_steps:
-        return recipe.lr * (step + 1) / recipe.warmup_steps
-    progress = (step - recipe.warmup_steps) / max(1, recipe.steps - recipe.warmup_steps)
-    return recipe.lr * (recipe.min_lr_ratio + (1 - recipe.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    return cosine_lr(recipe.lr, step, recipe.steps, recipe.warmup_steps, recipe.min_lr_ratio)
 
 
 # --- quick held-out evaluation ------------------------------------------------------------------------------------
