@@ -93,6 +93,7 @@ class Recipe:
     logit_scale_max: float = 100.0
     query_fraction: float = 0.25  # share of short one-object queries among the captions
     aux_patch_weight: float = 1.0
+    aux_cell_weight: float = 1.0  # colour / shape / size of each occupied cell from its mean patch token
     aux_embed_weight: float = 2.0
     grad_clip: float = 5.0
     eval_every: int = 100
@@ -271,6 +272,9 @@ class AuxHeads(nn.Module):
         super().__init__()
         self.patch = nn.Linear(vision_width, N_CELLS * (N_COLOUR + N_SHAPE + N_SIZE))
         self.scene = nn.Linear(embed_dim, N_CELLS * (N_COLOUR + N_SHAPE))
+        # Shape is learned from this one: per-patch targets are mostly "empty cell" and a patch sees a fragment
+        # of its object, and with them alone the tower learned colour and position but shape stayed at chance.
+        self.cell = nn.Linear(vision_width, N_COLOUR + N_SHAPE + N_SIZE)
 
 
 def patch_cells(image_size: int, patch_size: int) -> torch.Tensor:
@@ -320,12 +324,25 @@ def compute_loss(
     cells = bank.cells[batch.index].to(device)  # (B, 9, 3)
     joint = cells[:, cells_of_patch] * N_CELLS + cells_of_patch[None, :, None]  # (B, P, 3): (cell, class) ids
     aux_patch = split_ce(heads.patch(tokens[:, 1:]), joint, [N_CELLS * n for n in (N_COLOUR, N_SHAPE, N_SIZE)])
+    pool = torch.nn.functional.one_hot(cells_of_patch, N_CELLS).t().float()
+    per_cell = torch.einsum("cp,bpd->bcd", pool / pool.sum(1, keepdim=True).clamp(min=1), tokens[:, 1:])  # (B, 9, Cv)
+    occupied = cells[..., 0] > 0
+    aux_cell = split_ce(heads.cell(per_cell[occupied]), cells[occupied], (N_COLOUR, N_SHAPE, N_SIZE))
     aux_image = (scene_ce(heads, image_c, cells) + scene_ce(heads, image_g, cells)) / 2
     full = batch.full.to(device)  # only an all-object caption determines every cell
     aux_text = scene_ce(heads, text[full], cells[full])
-    aux = recipe.aux_patch_weight * aux_patch + recipe.aux_embed_weight * (aux_image + aux_text)
+    aux = recipe.aux_patch_weight * aux_patch + recipe.aux_cell_weight * aux_cell
+    aux = aux + recipe.aux_embed_weight * (aux_image + aux_text)
     loss = loss_c + loss_g + aux
-    parts = {"loss": loss, "c": loss_c, "g": loss_g, "aux_patch": aux_patch, "aux_img": aux_image, "aux_txt": aux_text}
+    parts = {
+        "loss": loss,
+        "c": loss_c,
+        "g": loss_g,
+        "aux_patch": aux_patch,
+        "aux_cell": aux_cell,
+        "aux_img": aux_image,
+        "aux_txt": aux_text,
+    }
     return loss, {k: float(v.detach()) for k, v in parts.items()}
 
 
