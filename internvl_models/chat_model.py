@@ -26,6 +26,7 @@ from PIL import Image
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from .chat import InternVLChat, load_chat_model
+from .chat_config import ChatConfig
 from .chat_types import (
     MAX_TOP_LOGPROBS,
     ChatDelta,
@@ -41,6 +42,17 @@ from .errors import CheckpointError, InputError
 from .tiling import IMG_CONTEXT, add_image_placeholders, expand_image_placeholders, image_to_tiles
 
 __all__ = ["MAX_TOP_LOGPROBS", "ChatDelta", "ChatModel", "ChatOutput", "GenerationSettings", "TokenLogprob"]
+
+
+def config_tiles(config: ChatConfig, image: Image.Image) -> torch.Tensor:
+    """(T, 3, S, S) tiles of one image, as a checkpoint's config asks (dynamic tiling, thumbnail)."""
+    return image_to_tiles(
+        image,
+        image_size=config.image_size,
+        min_num=config.min_dynamic_patch,
+        max_num=config.max_dynamic_patch if config.dynamic_image_size else 1,
+        use_thumbnail=config.use_thumbnail,
+    )
 
 
 class ChatModel:
@@ -84,15 +96,7 @@ class ChatModel:
     # --- prompts ------------------------------------------------------------------------------------------------
 
     def tiles(self, image: Image.Image) -> torch.Tensor:
-        """(T, 3, S, S) tiles of one image, as the checkpoint's config asks (dynamic tiling, thumbnail)."""
-        config = self.config
-        return image_to_tiles(
-            image,
-            image_size=config.image_size,
-            min_num=config.min_dynamic_patch,
-            max_num=config.max_dynamic_patch if config.dynamic_image_size else 1,
-            use_thumbnail=config.use_thumbnail,
-        )
+        return config_tiles(self.config, image)
 
     def render(self, messages: Sequence[Message], num_tiles: Sequence[int], system: str | None = None) -> str:
         """The full prompt for alternating user/assistant `messages` ending with a user turn, images expanded."""

@@ -26,8 +26,9 @@ import transformers
 from PIL import Image
 
 from ..chat import InternVLChat, load_chat_model
+from ..chat_model import config_tiles
 from ..conversation import clean_response, get_template
-from ..tiling import IMG_CONTEXT, build_query, image_to_tiles
+from ..tiling import IMG_CONTEXT, build_query
 from .answers import answer_matches, box_iou, parse_boxes
 from .corpus import iter_qa
 from .questions import QA
@@ -50,14 +51,7 @@ class ChatRunner:
         self.max_new_tokens = max_new_tokens
 
     def _tiles(self, image: Image.Image) -> torch.Tensor:
-        config = self.model.config
-        return image_to_tiles(
-            image,
-            image_size=config.image_size,
-            min_num=config.min_dynamic_patch,
-            max_num=config.max_dynamic_patch if config.dynamic_image_size else 1,
-            use_thumbnail=config.use_thumbnail,
-        )
+        return config_tiles(self.model.config, image)
 
     def query(self, prompt: str, tiles: Sequence[int]) -> str:
         return build_query(
