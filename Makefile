@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # while GPU hosts keep whatever torch>=2.11 they ship.
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: run test lint format setup browser clean-venv
+.PHONY: run test lint format setup browser clean-venv fuzz load
 
 setup: $(STAMP) browser
 
@@ -50,6 +50,17 @@ train-shapes: $(STAMP)
 	$(PY) -m internvl_models.shapes_world.train_chat --seed $(SEED) --vision $(SHAPES)/internvl-shapes --out $(SHAPES)/internvl-chat-shapes
 	$(PY) -m internvl_models.shapes_world.evaluate_chat $(SHAPES)/internvl-chat-shapes --out $(SHAPES)/internvl-chat-shapes/evaluation.json > /dev/null
 	$(PY) -m internvl_models.shapes_world.model_card $(SHAPES)
+
+# Longer fuzzing than the suite's bounded run: the filter property test and schemathesis against the OpenAPI schema,
+# FUZZ_EXAMPLES generated cases each (PostgreSQL too when DATABASE_URL answers). `make load`: bench/load.py, 5 minutes
+# of mixed search/index/classify at a fixed rate against a real server on loopback.
+FUZZ_EXAMPLES ?= 1000
+fuzz: export DATABASE_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
+fuzz: $(STAMP)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider tests/indexer/test_filter_property.py tests/app/test_fuzz_api.py
+
+load: $(STAMP)
+	$(PY) -m bench.load
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from . import __version__
+from .cli_keys import keys_cli
 from .settings import SettingsError, load_settings
 
 cli = typer.Typer(
@@ -22,8 +23,9 @@ config_cli = typer.Typer(help="Inspect the effective configuration.", no_args_is
 cli.add_typer(config_cli, name="config")
 db_cli = typer.Typer(help="Manage the catalog database schema.", no_args_is_help=True)
 cli.add_typer(db_cli, name="db")
-collections_cli = typer.Typer(help="Create, list and delete collections.", no_args_is_help=True)
+collections_cli = typer.Typer(help="Create, list and delete collections; switch their encoder.", no_args_is_help=True)
 cli.add_typer(collections_cli, name="collections")
+cli.add_typer(keys_cli, name="keys")
 
 
 class CliError(Exception):
@@ -191,7 +193,12 @@ def _serve(settings) -> None:  # noqa: ANN001 - Settings, imported lazily with t
     from .main import create_app
 
     configure_logging(settings.log_level, settings.log_format)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
+    # On SIGTERM uvicorn stops accepting, lets requests in flight finish (each is bounded by the request timeout),
+    # then the lifespan closes the engine: running jobs stop at a batch boundary and go back to `queued`.
+    uvicorn.run(
+        create_app(settings), host=settings.host, port=settings.port, log_config=None,
+        timeout_graceful_shutdown=int(settings.request_timeout_s) + 1,
+    )  # fmt: skip
 
 
 # --- engine commands: index, collections, search ------------------------------------------------------------------
@@ -224,9 +231,12 @@ def _engine(settings, *, load_collections: bool = False):  # noqa: ANN001, ANN20
         url_read_timeout_s=settings.url_read_timeout_s,
         url_total_timeout_s=settings.url_total_timeout_s,
         url_max_redirects=settings.url_max_redirects,
+        url_allowed_networks=tuple(settings.url_allowed_network_list()),
+        decode_timeout_s=settings.decode_timeout_s,
         decode_workers=settings.decode_workers,
         max_image_pixels=settings.max_image_pixels,
         max_source_bytes=settings.max_upload_bytes,
+        migrate_max_regression=settings.migrate_max_regression,
     )
     # Jobs interrupted earlier are left to the service (or `index --resume`): a short CLI call must not start them.
     return _engine_call(lambda: Engine(config).open(resume_jobs=False, load_collections=load_collections))
@@ -365,6 +375,7 @@ def collections_list(as_json: bool = typer.Option(False, "--json", help="Print J
             "dim": c.dim,
             "images": c.images.get("indexed", 0),
             "index": c.store_kind if c.index_kind == c.store_kind else f"{c.index_kind}:{c.store_kind}",
+            "storage": c.storage,
             "fingerprint": c.fingerprint[:12],
         }
         for c in infos
@@ -386,13 +397,19 @@ def collections_create(
     encoder: str | None = typer.Option(None, help="Encoder name (default: INTERNVL_SEARCH_ENCODER)."),
     checkpoint: str | None = typer.Option(None, help="Checkpoint (default: INTERNVL_SEARCH_ENCODER_CHECKPOINT)."),
     index_kind: str = typer.Option("auto", "--index-kind", help="auto, flat, hnsw, ivf_flat or ivf_pq."),
+    storage: str | None = typer.Option(None, help="Keep of each image: originals (default), thumbnails or none."),
 ) -> None:
     """Create an empty collection bound to an encoder."""
     with _engine(load_settings()) as engine:
         info = _engine_call(
-            lambda: engine.create_collection(name, encoder=encoder, checkpoint=checkpoint, index_kind=index_kind)
+            lambda: engine.create_collection(
+                name, encoder=encoder, checkpoint=checkpoint, index_kind=index_kind, storage=storage
+            )
         )
-    typer.echo(f"created collection {info.name!r}: {info.encoder}, dim {info.dim}, index {info.index_kind}")
+    typer.echo(
+        f"created collection {info.name!r}: {info.encoder}, dim {info.dim}, index {info.index_kind}, "
+        f"storage {info.storage}"
+    )
 
 
 @collections_cli.command("delete")
@@ -484,6 +501,14 @@ def ask(
         typer.echo(f"  retrieved image {r.id}  score {r.retrieval_score:.4f}{chat}")
 
 
+@cli.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
+def bench(ctx: typer.Context) -> None:
+    """Run the benchmarks (python -m bench; `bench --help` lists its options)."""
+    from bench.__main__ import main as bench_main
+
+    raise typer.Exit(bench_main(ctx.args))
+
+
 def main() -> None:
     """Entry point: user mistakes become one clear line and exit status 2, never a traceback."""
     try:
@@ -492,6 +517,8 @@ def main() -> None:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
 
+
+from . import cli_lifecycle  # noqa: E402, F401 - registers `eval` and `collections migrate|rollback|...`
 
 if __name__ == "__main__":
     main()

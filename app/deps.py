@@ -12,7 +12,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 
-from indexer import Engine, InvalidInput
+from indexer import Engine, InvalidInput, SpaceChanged
 from indexer.classify import classify_images, embed
 from indexer.vector_query import (
     collapse_duplicates,
@@ -28,6 +28,8 @@ from . import schemas_classify as cschemas
 from .auth import require_scope
 from .batching import MicroBatcher
 from .settings import Settings
+
+SWITCH_RETRIES = 3
 
 
 def get_app_settings(request: Request) -> Settings:
@@ -50,6 +52,7 @@ SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 ReadKey = Depends(require_scope("read"))
 WriteKey = Depends(require_scope("write"))
+AdminKey = Depends(require_scope("admin"))  # destructive, service-wide operations
 
 
 class Searcher:
@@ -102,15 +105,21 @@ class Searcher:
         self.check_text(req.text)
         if req.k > self.settings.max_k:
             raise InvalidInput(f"k must be at most {self.settings.max_k}, got {req.k}")
-        encoder = await run_in_threadpool(self.engine.collection_encoder, req.collection)
-        if req.text is not None:
-            query = await self.text_vector(encoder, req.text)
-        else:
-            query = await run_in_threadpool(self._image_query, encoder, req, upload)
-        hits = await run_in_threadpool(
-            self.engine.search_vector, req.collection, query, k=req.k, filter=req.filter,
-            min_score=req.min_score, offset=req.offset, exclude=req.image_id,
-        )  # fmt: skip
+        for attempt in range(SWITCH_RETRIES):  # a collection switching encoders meanwhile: encode again
+            encoder = await run_in_threadpool(self.engine.collection_encoder, req.collection)
+            if req.text is not None:
+                query = await self.text_vector(encoder, req.text)
+            else:
+                query = await run_in_threadpool(self._image_query, encoder, req, upload)
+            try:
+                hits = await run_in_threadpool(
+                    self.engine.search_vector, req.collection, query, k=req.k, filter=req.filter,
+                    min_score=req.min_score, offset=req.offset, exclude=req.image_id, fingerprint=encoder.fingerprint,
+                )  # fmt: skip
+                break
+            except SpaceChanged:
+                if attempt == SWITCH_RETRIES - 1:
+                    raise
         if req.collapse_duplicates:
             hits = collapse_duplicates(hits)
         took_ms = (time.perf_counter() - start) * 1000

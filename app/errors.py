@@ -47,6 +47,7 @@ _HTTP_CODES = {
     415: "unsupported_media_type",
     422: "invalid_input",
     429: "rate_limited",
+    507: "insufficient_storage",
     503: "unavailable",
 }
 
@@ -80,6 +81,7 @@ DOMAIN_ERRORS: list[tuple[type[Exception], int, str]] = [
     (engine_errors.Busy, 503, "busy"),
     (engine_errors.SchemaNotCurrent, 503, "schema_not_current"),
     (engine_errors.CorruptData, 503, "corrupt_data"),
+    (engine_errors.StorageFull, 507, "insufficient_storage"),
     (model_errors.UnknownModelError, 422, "unknown_model"),
     (model_errors.InputError, 422, "invalid_input"),
     (model_errors.CheckpointError, 503, "model_unavailable"),
@@ -104,6 +106,12 @@ async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    reason = engine_errors.storage_full_reason(exc)
+    if reason is not None:  # a write that found the disk full: nothing was stored, and retrying later will work
+        log.warning("storage full", extra={"path": request.url.path, "error": reason})
+        return error_response(
+            507, "insufficient_storage", f"{reason}; the request was not completed: retry once space is freed"
+        )
     log.exception("unhandled error", extra={"path": request.url.path})
     return error_response(500, "internal_error", "internal server error; the request id is in the X-Request-ID header")
 

@@ -20,8 +20,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from . import __version__
-from .auth import LimitsMiddleware
-from .errors import install_error_handlers
+from .auth import LimitsMiddleware, install_access_control
+from .errors import ErrorResponse, install_error_handlers
 from .logs import request_id_var
 from .metrics import install_metrics
 from .routes import api_router
@@ -30,6 +30,11 @@ from .settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from indexer import Engine
+
+
+# Answers any route can give, from the middleware and the body parser rather than the route itself: a body that is
+# not JSON / UTF-8 (400), too large (413), over the caller's rate (429), too slow (504), or a full disk (507).
+COMMON_ERRORS: dict[int | str, dict] = {code: {"model": ErrorResponse} for code in (400, 413, 429, 504, 507)}
 
 
 def create_app(settings: Settings | None = None, *, engine: Engine | None = None, batching: bool = True) -> FastAPI:
@@ -45,6 +50,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         lifespan=_lifespan,
         docs_url=None,  # FastAPI's pages load Swagger UI / ReDoc from a CDN; /docs is served from app/web instead
         redoc_url=None,
+        responses=COMMON_ERRORS,
     )
     app.state.settings = settings
     app.state.engine = engine
@@ -53,6 +59,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.state.models = {"state": "not started"}
     app.state.readiness = lambda: readiness(app)
     install_error_handlers(app)
+    install_access_control(app, settings)
     install_metrics(app)
     app.state.gauge_sources.append(lambda: service_gauges(app))
     app.include_router(api_router)

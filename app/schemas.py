@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from datetime import datetime
-from typing import Any, Literal
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 MAX_ID = 2**63 - 1  # ids are signed 64-bit integers in the catalog
+
+
+def _as_utc(value: datetime | None) -> datetime | None:
+    # The catalog stores UTC; SQLite hands it back without an offset, and OpenAPI's date-time (RFC 3339) needs one.
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
+Timestamp = Annotated[datetime | None, AfterValidator(_as_utc)]
 Name = Field(..., min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$", description="Collection name.")
 
 
@@ -25,6 +33,11 @@ class CollectionCreate(_Strict):
     encoder: str | None = Field(None, description="Encoder registry name; default: the configured one.")
     checkpoint: str | None = Field(None, description="Hub id or server directory of the weights.")
     index_kind: Literal["auto", "flat", "hnsw", "ivf_flat", "ivf_pq"] | None = None
+    storage: Literal["originals", "thumbnails", "none"] | None = Field(
+        None,
+        description="What is kept of each image, so that switching encoders never needs a new upload: the original, "
+        "a reduced copy (longer side 512 px), or nothing (re-fetched from its server path or URL). Default: originals.",
+    )
 
     model_config = ConfigDict(
         extra="forbid", json_schema_extra={"examples": [{"name": "photos", "index_kind": "auto"}]}
@@ -41,7 +54,8 @@ class CollectionOut(BaseModel):
     store_kind: str
     vectors: int
     images: dict[str, int]
-    created_at: datetime | None
+    created_at: Timestamp
+    storage: str = "originals"
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -108,9 +122,9 @@ class JobOut(BaseModel):
     failed: int
     skipped: int
     error: str | None
-    created_at: datetime | None
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: Timestamp
+    started_at: Timestamp
+    finished_at: Timestamp
     timings: dict[str, float] = {}
     failures: list[FailureOut] = []
 
@@ -267,7 +281,7 @@ class ImageOut(BaseModel):
     byte_size: int | None
     metadata: dict[str, Any]
     status: str
-    created_at: datetime | None
+    created_at: Timestamp
     image_url: str
     thumbnail_url: str
 

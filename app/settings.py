@@ -7,6 +7,7 @@ arguments for the layers below (`indexer`, `internvl_models`), which never look 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -64,8 +65,19 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535, description="Port the HTTP server listens on.")
     api_keys: str = Field(
         "",
-        description="Comma-separated `scope:key` pairs, scope one of read/write/admin. "
-        "Required when the host is not a loopback address.",
+        description="Comma-separated `scope:key` or `scope:sha256:<hex digest of the key>` entries, scope one of "
+        "read/write/admin. Keys (here or in API_KEYS_FILE) are required when the host is not a loopback address.",
+    )
+    api_keys_file: Path | None = Field(
+        None,
+        description="A file of API keys, one `scope:sha256:<hex>` (or `scope:key`) a line, `#` comments; "
+        "`internvl-search keys new` prints such a line. Read at start.",
+    )
+    rate_limit_per_s: float = Field(
+        0.0, ge=0, description="Requests per second each API key (or client address, without keys) may make; 0: off."
+    )
+    rate_limit_burst: int = Field(
+        0, ge=0, description="Requests a caller may make at once above the rate; 0: twice the rate (at least 1)."
     )
     # --- limits ---
     max_upload_bytes: int = Field(50 * 2**20, ge=1024, description="Largest accepted request body or upload.")
@@ -86,7 +98,17 @@ class Settings(BaseSettings):
     url_read_timeout_s: float = Field(20.0, gt=0, le=3600, description="Longest wait for more bytes of a download.")
     url_total_timeout_s: float = Field(60.0, gt=0, le=3600, description="Time limit of a whole URL download.")
     url_max_redirects: int = Field(5, ge=0, le=30, description="Most redirects one URL may follow.")
+    url_allowed_networks: str = Field(
+        "",
+        description="Comma-separated networks (CIDR) URLs may reach although they are not public, e.g. an internal "
+        "image store; narrower than ALLOW_PRIVATE_URLS.",
+    )
+    decode_timeout_s: float = Field(30.0, gt=0, le=3600, description="Time limit of decoding one image.")
     decode_workers: int = Field(4, ge=1, le=256, description="Threads that fetch and decode images while indexing.")
+    # --- switching encoders ---
+    migrate_max_regression: float = Field(
+        0.01, ge=0, le=1, description="A gated migration refuses to switch when the new encoder loses more than this."
+    )
     # --- logging ---
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     log_format: Literal["kv", "json"] = Field("kv", description="Log line format: key=value or JSON.")
@@ -94,12 +116,14 @@ class Settings(BaseSettings):
     @field_validator("api_keys")
     @classmethod
     def _check_api_keys(cls, value: str) -> str:
-        for entry in filter(None, (part.strip() for part in value.split(","))):
-            scope, sep, key = entry.partition(":")
-            if not sep or scope not in API_KEY_SCOPES:
-                raise ValueError(f"each entry must be `scope:key` with scope in {API_KEY_SCOPES}")
-            if len(key) < 16:
-                raise ValueError("keys must be at least 16 characters long")
+        parse_key_entries(value.split(","))
+        return value
+
+    @field_validator("api_keys_file")
+    @classmethod
+    def _check_api_keys_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            _read_key_file(value)
         return value
 
     @field_validator("chat_url")
@@ -117,10 +141,20 @@ class Settings(BaseSettings):
                 raise ValueError(f"{root!r} is not an absolute path")
         return value
 
+    @field_validator("url_allowed_networks")
+    @classmethod
+    def _check_networks(cls, value: str) -> str:
+        for network in filter(None, (part.strip() for part in value.split(","))):
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"{network!r} is not an IP network (e.g. 10.1.0.0/16 or fd00::/8)") from None
+        return value
+
     @model_validator(mode="after")
     def _keys_required_off_loopback(self) -> Settings:
         # An unauthenticated service reachable from other machines would let anyone write to the index.
-        if not _is_loopback(self.host) and not self.api_key_pairs():
+        if not _is_loopback(self.host) and not self.api_key_entries():
             raise ValueError(
                 f"host {self.host!r} is not a loopback address, so {ENV_PREFIX}API_KEYS must be set "
                 "(e.g. 'read:<key>,write:<key>')"
@@ -132,11 +166,16 @@ class Settings(BaseSettings):
         return self.database_url or f"sqlite:///{(self.data_dir / 'catalog.db').resolve()}"
 
     def api_key_pairs(self) -> list[tuple[str, str]]:
-        pairs = []
-        for entry in filter(None, (part.strip() for part in self.api_keys.split(","))):
-            scope, _, key = entry.partition(":")
-            pairs.append((scope, key))
-        return pairs
+        """(scope, key or "sha256:<hex>") of each entry of API_KEYS, as written."""
+        return parse_key_entries(self.api_keys.split(","))
+
+    def api_key_entries(self) -> list[tuple[str, str]]:
+        """(scope, key or "sha256:<hex>") of every configured key: API_KEYS, then API_KEYS_FILE."""
+        from_file = _read_key_file(self.api_keys_file) if self.api_keys_file is not None else []
+        return self.api_key_pairs() + from_file
+
+    def url_allowed_network_list(self) -> list[str]:
+        return [part.strip() for part in self.url_allowed_networks.split(",") if part.strip()]
 
     def allowed_root_paths(self) -> list[Path]:
         return [Path(p.strip()) for p in self.allowed_roots.split(",") if p.strip()]
@@ -145,9 +184,40 @@ class Settings(BaseSettings):
         """Every setting with secrets masked, for `config show` and logs."""
         values = self.model_dump(mode="json")
         values["api_keys"] = ",".join(f"{scope}:***" for scope, _ in self.api_key_pairs())
+        values["api_keys_file"] = None if self.api_keys_file is None else str(self.api_keys_file)
         values["chat_api_key"] = "***" if self.chat_api_key else ""
         values["database_url"] = self.resolved_database_url()
         return values
+
+
+def parse_key_entries(entries: Iterable[str]) -> list[tuple[str, str]]:
+    """(scope, secret) per non-empty entry `scope:key` or `scope:sha256:<64 hex digits>`; ValueError otherwise.
+    The message never contains a key."""
+    pairs = []
+    for entry in filter(None, (part.strip() for part in entries)):
+        scope, sep, secret = entry.partition(":")
+        if not sep or scope not in API_KEY_SCOPES:
+            raise ValueError(f"each entry must be `scope:key` or `scope:sha256:<hex>` with scope in {API_KEY_SCOPES}")
+        if secret.startswith("sha256:"):
+            digest = secret.removeprefix("sha256:")
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest.lower()):
+                raise ValueError("a hashed key must be `sha256:` followed by 64 hexadecimal digits")
+            secret = "sha256:" + digest.lower()
+        elif len(secret) < 16:
+            raise ValueError("keys must be at least 16 characters long")
+        pairs.append((scope, secret))
+    return pairs
+
+
+def _read_key_file(path: Path) -> list[tuple[str, str]]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read the API keys file {str(path)!r}: {exc}") from None
+    try:
+        return parse_key_entries(line.split("#", 1)[0] for line in lines)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
 
 
 def _is_loopback(host: str) -> bool:

@@ -1,5 +1,7 @@
-"""HTTP search service: latency (p50/p99) and requests/s of POST /v1/search at 1, 8 and 32 concurrent clients,
-with cross-request micro-batching on and off, against the same searches called on the engine in-process.
+"""HTTP search service: latency (p50/p99) and requests/s of POST /v1/search at 1, 8, 32 and 128 concurrent
+clients, with cross-request micro-batching on and off, against the same searches called on the engine in-process,
+and a trivial FastAPI route (GET returning a constant JSON object) served the same way: the server overhead of
+/v1/search (its HTTP p50 minus the in-process p50) is stated as a multiple of that route's p50.
 
     python -m bench.api                                   # tiny random InternVL checkpoint, 200 images
     python -m bench.api --checkpoint path/to/internvl-c --images 2000 --requests 400 --device cuda
@@ -44,7 +46,7 @@ from indexer.catalog.db import session_scope
 
 from .search import clustered
 
-CONCURRENCY = (1, 8, 32)
+CONCURRENCY = (1, 8, 32, 128)
 
 
 def percentiles(samples: list[float]) -> tuple[float, float]:
@@ -139,21 +141,42 @@ class Server:
         self.thread.join(30)
 
 
-async def load(base: str, clients: int, requests: int) -> dict[str, float]:
-    """`requests` searches spread over `clients` concurrent connections; latency per request, overall rate."""
+async def _search(http: httpx.AsyncClient, i: int) -> httpx.Response:
+    return await http.post("/v1/search", json={"collection": "bench", "text": f"query {i}", "k": 10})
+
+
+async def _ping(http: httpx.AsyncClient, i: int) -> httpx.Response:
+    return await http.get("/ping")
+
+
+def trivial_app():  # noqa: ANN201 - FastAPI
+    """The baseline route: FastAPI, one GET answering a constant JSON object (no validation, no work)."""
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+    @app.get("/ping")
+    def ping() -> dict[str, bool]:
+        return {"ok": True}
+
+    return app
+
+
+async def load(base: str, clients: int, requests: int, send=_search) -> dict[str, float]:  # noqa: ANN001
+    """`requests` calls of `send` spread over `clients` concurrent connections; latency per request, overall rate."""
     times: list[float] = []
     counter = iter(range(requests))
 
     async def client(http: httpx.AsyncClient) -> None:
         for i in counter:
             start = time.perf_counter()
-            response = await http.post("/v1/search", json={"collection": "bench", "text": f"query {i}", "k": 10})
+            response = await send(http, i)
             response.raise_for_status()
             times.append((time.perf_counter() - start) * 1e3)
 
     limits = httpx.Limits(max_connections=clients)
-    async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as http:
-        await http.post("/v1/search", json={"collection": "bench", "text": "warm-up", "k": 10})
+    async with httpx.AsyncClient(base_url=base, timeout=300, limits=limits) as http:
+        await send(http, -1)  # warm-up
         start = time.perf_counter()
         await asyncio.gather(*(client(http) for _ in range(clients)))
         wall = time.perf_counter() - start
@@ -176,6 +199,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                 with Server(create_app(settings, engine=engine, batching=batching)) as base:
                     label = "batching_on" if batching else "batching_off"
                     http[label] = {f"clients_{c}": asyncio.run(load(base, c, args.requests)) for c in CONCURRENCY}
+            with Server(trivial_app()) as base:
+                trivial = asyncio.run(load(base, 1, args.requests, _ping))
             # Measured on both sides of the HTTP runs and averaged: a shared machine's load drifts during a run.
             after = in_process(engine, args.requests)
             direct = {key: round((before[key] + after[key]) / 2, 2) for key in before}
@@ -196,6 +221,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "in_process_before_and_after_p50_ms": [before["p50_ms"], after["p50_ms"]],  # far apart: the load drifted
         "http": http,
         "http_overhead_p50_ms_one_client": round(overhead, 2),
+        "trivial_route": trivial,
+        "overhead_vs_trivial_route": round(overhead / max(trivial["p50_ms"], 1e-9), 2),
         "median_batching_gain_rps": round(
             statistics.median(
                 http["batching_on"][k]["requests_per_s"] / max(http["batching_off"][k]["requests_per_s"], 1e-9)

@@ -123,6 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--decode-runs", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=3.0, help="least time per timed figure")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--json", action="store_true", help="accepted for `python -m bench`; the output is JSON anyway")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,27 +1,34 @@
-"""Encoder throughput: images/s and text queries/s of our InternVL-C/G, with MFU from counted FLOPs.
+"""Encoder throughput: images/s and text queries/s of our InternVL-C/G, with MFU from counted FLOPs, each against
+the straightforward eager version of the same math measured in the same process.
 
-Every figure is printed next to a baseline measured in the same process:
-* MFU = achieved FLOP/s / the FLOP/s of a large dense matmul in the same dtype on the same device (the
-  practical peak of this machine, measured here, not a datasheet number) and, on CUDA, the datasheet peak too.
-* Text: pad-to-longest (ours) against pad-to-80 (the official wrappers' padding), same queries.
+* ours: SDPA attention (flash / memory-efficient kernels on a GPU), fused q/k/v projections in QLLaMA, packed text
+  (linear layers on real tokens only), the configured dtype (bf16 on CUDA, norms in fp32 as the reference does).
+* before: the textbook path of the same weights: attention with the score matrix materialised (`eager_attend`),
+  q/k/v as three GEMMs, and, for text, the official padding to 80 tokens. Each optimisation is also shown alone.
+* MFU = counted FLOPs/s / the FLOP/s of a large dense matmul in the same dtype on the same device (this machine's
+  practical peak, measured here) and, on CUDA, / the H100's datasheet bf16 peak (989 TFLOP/s). FLOPs are counted
+  with the eager attention (so attention is counted on every backend), on one image and scaled by the batch.
 
-    python -m bench.encode                       # mid-size config on CPU, float32
-    python -m bench.encode --config 14b --device cuda --dtype bfloat16   # the real InternVL-14B-224px shape
+    python -m bench.encode                                    # mid-size config on CPU, float32
+    python -m bench.encode --config 14b --device cuda         # InternVL-14B-224px's shapes, random bf16 weights
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
+import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from internvl_models.config import InternViTConfig, InternVLConfig, QLLaMAConfig, load_preset
 from internvl_models.internvl import InternVL
+from internvl_models.layers import eager_attention, fuse_projections
 
 # ViT-B-sized tower and a 12-layer QLLaMA: the largest that gives stable CPU figures in about a minute.
 MID = InternVLConfig(
@@ -36,10 +43,11 @@ H100_BF16_DENSE_PEAK = 989e12
 # Token lengths of typical search queries under the real tokenizer ("summarize:" + BOS/EOS included),
 # measured on the English/Chinese captions of ../shared/parity/qllama_tokenizer.json: 10-25 tokens.
 QUERY_LENGTHS = [10, 12, 13, 15, 16, 18, 20, 25]
+OFFICIAL_LENGTH = 80
 
 
 def timed(fn: Callable[[], object], device: torch.device, min_seconds: float) -> float:
-    """Seconds per call, after one warm-up call, averaged over at least `min_seconds`."""
+    """Seconds per call, after one warm-up call, averaged over at least `min_seconds` (and 3 calls)."""
     fn()
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sync()
@@ -53,9 +61,27 @@ def timed(fn: Callable[[], object], device: torch.device, min_seconds: float) ->
             return elapsed / calls
 
 
+def paired(fns: dict[str, Callable[[], object]], device: torch.device, min_seconds: float) -> dict[str, float]:
+    """Median seconds per call of each function, called in turns (a, b, c, a, b, c, ...) after one warm-up each,
+    for at least `min_seconds` per function and 3 rounds: on a shared machine whose load drifts, every variant
+    sees the same load, so their ratios hold even when the absolute times do not."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for fn in fns.values():
+        fn()
+    sync()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    while min(len(t) for t in times.values()) < 3 or min(sum(t) for t in times.values()) < min_seconds:
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def count_flops(fn: Callable[[], object]) -> int:
-    # Grad mode on (no backward is run): the counter's module hooks need tensors that autograd tracks.
-    with torch.enable_grad(), FlopCounterMode(display=False) as counter:
+    """FLOPs of one call, attention included (the eager matmuls are counted whatever backend SDPA would pick)."""
+    with torch.inference_mode(), eager_attention(), FlopCounterMode(display=False) as counter:
         fn()
     return counter.get_total_flops()
 
@@ -79,17 +105,113 @@ def pad(queries: list[torch.Tensor], length: int) -> torch.Tensor:
     return ids
 
 
-def run(args: argparse.Namespace) -> dict[str, object]:
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+@contextlib.contextmanager
+def before(model: InternVL, *, eager: bool = True, unfused: bool = True) -> Iterator[None]:
+    """The "before" path: eager attention and/or separate q/k/v projections, restored on exit."""
+    groups = [g for m in model.modules() for g in getattr(m, "fused_groups", ())]
+    saved = [g.weight for g in groups]
+    if unfused:
+        for g in groups:
+            g.weight = None
+    try:
+        with eager_attention() if eager else contextlib.nullcontext():
+            yield
+    finally:
+        for g, weight in zip(groups, saved):
+            g.weight = weight
+
+
+def build(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> InternVL:
     config = MID if args.config == "mid" else load_preset("internvl-14b-224px")
     torch.manual_seed(0)
-    with torch.device(device):
-        model = InternVL(config).to(dtype).eval()
-    size = config.image_size
-    pixels = torch.randn(args.image_batch, 3, size, size, device=device, dtype=dtype)
-    queries = random_queries(args.text_batch, config.qllama.vocab_size, torch.Generator().manual_seed(0))
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in the target dtype: 14B fp32 parameters would not fit an 80 GB GPU
+    try:
+        with torch.device(device):
+            model = InternVL(config).eval().requires_grad_(False)
+    finally:
+        torch.set_default_dtype(previous)
+    return fuse_projections(model)
+
+
+def image_figures(model: InternVL, args: argparse.Namespace, device: torch.device, peak: float) -> dict:
+    size = model.config.image_size
+    pixels = torch.randn(args.image_batch, 3, size, size, device=device, dtype=next(model.parameters()).dtype)
+    out = {}
+    for mode in ("C", "G"):
+        flops = count_flops(lambda m=mode: model.encode_image(pixels[:1], mode=m)) * args.image_batch
+
+        def run(m: str = mode) -> torch.Tensor:
+            return model.encode_image(pixels, mode=m)
+
+        def run_before(m: str = mode) -> torch.Tensor:
+            with before(model):
+                return model.encode_image(pixels, mode=m)
+
+        with torch.inference_mode():
+            seconds = paired({"ours": run, "before": run_before}, device, args.seconds)
+        ours, eager = seconds["ours"], seconds["before"]
+        out[f"image_{mode}"] = {
+            "images_per_s": args.image_batch / ours,
+            "tflop_per_image": flops / args.image_batch / 1e12,
+            "mfu_vs_matmul": flops / ours / peak,
+            **({"mfu_vs_h100_peak": flops / ours / H100_BF16_DENSE_PEAK} if device.type == "cuda" else {}),
+            "before_images_per_s": args.image_batch / eager,
+            "speedup_vs_before": eager / ours,
+        }
+    return out
+
+
+def text_figures(model: InternVL, args: argparse.Namespace, device: torch.device, peak: float) -> dict:
+    queries = random_queries(args.text_batch, model.config.qllama.vocab_size, torch.Generator().manual_seed(0))
+    real = sum(len(q) for q in queries)
     longest = pad(queries, max(len(q) for q in queries)).to(device)
-    official = pad(queries, 80).to(device)
+    official = pad(queries, OFFICIAL_LENGTH).to(device)
+    useful = count_flops(lambda: model.encode_text(longest))  # the packed path: real tokens only
+    # name: (ids, packed, which optimisations are undone (before()'s arguments), tokens the linear layers compute)
+    variants = {
+        "before_pad80_eager_unfused": (official, False, {"eager": True, "unfused": True}, official.numel()),
+        "pad80_unfused": (official, False, {"eager": False, "unfused": True}, official.numel()),
+        "pad80": (official, False, {"eager": False, "unfused": False}, official.numel()),
+        "pad_longest": (longest, False, {"eager": False, "unfused": False}, longest.numel()),
+        "packed": (longest, True, {"eager": False, "unfused": False}, real),
+    }
+
+    def call(ids: torch.Tensor, packed: bool, undone: dict[str, bool]) -> Callable[[], object]:
+        def fn() -> torch.Tensor:
+            with before(model, **undone):
+                return model.encode_text(ids, packed=packed)
+
+        return fn
+
+    out: dict[str, object] = {}
+    with torch.inference_mode():
+        times = paired({name: call(*v[:3]) for name, v in variants.items()}, device, args.seconds)
+        for name, (_, _, _, computed) in variants.items():
+            seconds = times[name]
+            out[f"text_{name}"] = {
+                "queries_per_s": args.text_batch / seconds,
+                "real_token_fraction": real / computed,
+                "useful_mfu_vs_matmul": useful / seconds / peak,
+            }
+        one = official[:1, : len(queries[0])]
+        out["single_query_latency_ms"] = 1e3 * timed(lambda: model.encode_text(one), device, args.seconds)
+    rate = {k: v["queries_per_s"] for k, v in out.items() if isinstance(v, dict)}
+    out["text_speedups"] = {
+        "packed_vs_before": rate["text_packed"] / rate["text_before_pad80_eager_unfused"],
+        "packed_vs_pad80": rate["text_packed"] / rate["text_pad80"],
+        "packed_vs_pad_longest": rate["text_packed"] / rate["text_pad_longest"],
+        "sdpa_vs_eager_pad80": rate["text_pad80_unfused"] / rate["text_before_pad80_eager_unfused"],
+        "fused_qkv_vs_separate_pad80": rate["text_pad80"] / rate["text_pad80_unfused"],
+    }
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, object]:
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = build(args, device, dtype)
     results: dict[str, object] = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
         + (f", {torch.cuda.get_device_name()}" if device.type == "cuda" else ""),
@@ -98,35 +220,22 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "dtype": args.dtype,
         "torch": torch.__version__,
         "params": sum(p.numel() for p in model.parameters()),
+        "image_batch": args.image_batch,
+        "text_batch": args.text_batch,
     }
+    if device.type == "cuda":
+        results["weights_gib"] = torch.cuda.memory_allocated() / 2**30
     peak = matmul_peak(device, dtype, args.seconds)
     results["matmul_peak_tflops"] = peak / 1e12
-    flops_of = {m: count_flops(lambda m=m: model.encode_image(pixels, mode=m)) for m in ("C", "G")}
-    with torch.inference_mode():
-        for mode in ("C", "G"):
-            flops = flops_of[mode]
-            seconds = timed(lambda m=mode: model.encode_image(pixels, mode=m), device, args.seconds)
-            results[f"image_{mode}"] = {
-                "images_per_s": args.image_batch / seconds,
-                "tflop_per_image": flops / args.image_batch / 1e12,
-                "mfu_vs_matmul": flops / seconds / peak,
-                **({"mfu_vs_h100_peak": flops / seconds / H100_BF16_DENSE_PEAK} if device.type == "cuda" else {}),
-            }
-        for name, ids in (("text_pad_longest", longest), ("text_pad_80", official)):
-            seconds = timed(lambda ids=ids: model.encode_text(ids), device, args.seconds)
-            results[name] = {
-                "queries_per_s": args.text_batch / seconds,
-                "real_token_fraction": float((ids > 0).float().mean()),
-            }
-        one = official[:1, : len(queries[0])]
-        results["single_query_latency_ms"] = 1e3 * timed(lambda: model.encode_text(one), device, args.seconds)
-    results["text_speedup_longest_vs_80"] = (
-        results["text_pad_longest"]["queries_per_s"] / results["text_pad_80"]["queries_per_s"]  # type: ignore[index]
-    )
+    if not args.skip_images:
+        results.update(image_figures(model, args, device, peak))
+    results.update(text_figures(model, args, device, peak))
+    if device.type == "cuda":
+        results["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return results
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", choices=["mid", "14b"], default="mid")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -134,8 +243,10 @@ def main() -> None:
     parser.add_argument("--image-batch", type=int, default=8)
     parser.add_argument("--text-batch", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=3.0, help="minimum timing window per figure")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--skip-images", action="store_true", help="text figures only")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     results = run(args)
     if args.json:

@@ -2,6 +2,7 @@
 
     python -m bench.ingest                                   # 256 photo-sized JPEGs, open_clip ViT-B-32 (random)
     python -m bench.ingest --encoder internvl-c --checkpoint /path/to/InternVL-14B-224px --images 1024
+    python -m bench.ingest --random-internvl 14b --device cuda --images 1024   # InternVL-C, random bf16 weights
 
 * model-only: `encode_pixels` on already preprocessed batches, nothing else: the ceiling.
 * end-to-end: `Engine.run_job` over a folder of JPEGs (SQLite catalog, originals stored): read, hash, dedup check,
@@ -10,6 +11,9 @@
   for decoded input (0 means decoding keeps up); `encoder_busy` = share of it spent in the forward pass (the
   same-run view of efficiency, which a shared machine's drifting load cannot skew). On a CPU, decoding and the
   model share the same cores, so efficiency is bounded by that contention, not only by the pipeline.
+* `--random-internvl mid|14b`: an InternVL-C checkpoint with random weights (bench/encode.py's configs) is written
+  to a temporary directory in the official layout and loaded by the real loader; on CUDA the loader's peak memory
+  is reported against the weights' size (goal: at most 1.1x).
 """
 
 from __future__ import annotations
@@ -72,6 +76,42 @@ def preprocess_only(encoder, paths: list[Path]) -> float:  # noqa: ANN001 - Enco
     return min(64, len(paths)) / (time.perf_counter() - start)
 
 
+def random_internvl_checkpoint(config: str, device: str, directory: Path) -> str:
+    """Save a random InternVL of `config` ("mid" / "14b") in the official layout (+ a small test tokenizer)."""
+    import sys
+
+    from bench.encode import build
+    from internvl_models.checkpoint import save_internvl
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from factories import train_tiny_tokenizer
+
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    model = build(argparse.Namespace(config=config), torch.device(device), dtype)
+    model.qllama.lm_head.weight.data.copy_(model.qllama.model.embed_tokens.weight.data)  # tied, as released
+    save_internvl(model, model.config, directory)
+    train_tiny_tokenizer(directory)  # 400 pieces: ids fit the real 49954-entry embedding
+    del model
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    return str(directory)
+
+
+def load_encoder(args: argparse.Namespace) -> tuple[object, dict[str, float]]:
+    """The encoder, and on CUDA the loader's peak memory against the weights it holds."""
+    if not args.device.startswith("cuda"):
+        return create_encoder(args.encoder, args.checkpoint, device=args.device, image_batch_size=args.batch), {}
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    start = time.perf_counter()
+    encoder = create_encoder(args.encoder, args.checkpoint, device=args.device, image_batch_size=args.batch)
+    seconds = time.perf_counter() - start
+    weights = torch.cuda.memory_allocated() - before
+    peak = torch.cuda.max_memory_allocated() - before
+    return encoder, {"load_s": round(seconds, 1), "weights_gib": round(weights / 2**30, 2),
+                     "load_peak_vs_weights": round(peak / max(weights, 1), 3)}  # fmt: skip
+
+
 def end_to_end(args: argparse.Namespace, encoder, root: Path, photos: Path) -> dict[str, float]:  # noqa: ANN001
     data = root / "data"
     data.mkdir()
@@ -99,7 +139,7 @@ def end_to_end(args: argparse.Namespace, encoder, root: Path, photos: Path) -> d
     return {"images_per_s": args.images / wall, "wall_s": wall, **info.timings}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--encoder", default="openclip:ViT-B-32")
     parser.add_argument("--checkpoint", default=None)
@@ -109,13 +149,17 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--workers", type=int, default=max(2, (os.cpu_count() or 2)))
     parser.add_argument("--seconds", type=float, default=5.0, help="minimum timing window for model-only")
+    parser.add_argument("--random-internvl", choices=["mid", "14b"], default=None, help="random InternVL-C weights")
     parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     size = tuple(int(v) for v in args.size.split("x"))
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
         root = Path(tmp)
+        if args.random_internvl:
+            args.encoder = "internvl-c"
+            args.checkpoint = random_internvl_checkpoint(args.random_internvl, args.device, root / "checkpoint")
         paths = make_photos(root / "photos", args.images, size)  # type: ignore[arg-type]
-        encoder = create_encoder(args.encoder, args.checkpoint, device=args.device, image_batch_size=args.batch)
+        encoder, loading = load_encoder(args)
         before = model_only(encoder, paths, args.batch, args.seconds)
         supply = preprocess_only(encoder, paths)
         e2e = end_to_end(args, encoder, root, root / "photos")
@@ -138,6 +182,7 @@ def main() -> None:
         # Robust to the machine's drifting load: both figures come from the same run.
         "encoder_busy_fraction": round(e2e["encode_s"] / e2e["wall_s"], 3),
         "stage_seconds": {k: round(v, 3) for k, v in e2e.items() if k.endswith("_s") and k != "images_per_s"},
+        **loading,
     }
     if args.json:
         print(json.dumps(results, indent=2))

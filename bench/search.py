@@ -9,6 +9,10 @@ Per kind and size: build seconds; batch QPS (all queries in one call, all cores)
 (one thread, as the engine serves a query); recall@10
 against exact inner-product search; and the same for filtered searches where 1% and 10% of the ids are allowed (the
 engine's metadata filters), whose recall is measured against exact search over the allowed ids.
+
+Exact (flat) single-query latency is also set against its memory-bandwidth bound: one query reads every vector
+once (n x d x 4 bytes), so it cannot take less than those bytes / the read bandwidth of one core, measured in the
+same process (`read_bandwidth`, the best of a few passes over a 512 MiB array) just before the latencies.
 """
 
 from __future__ import annotations
@@ -64,6 +68,26 @@ def latencies(store, queries: np.ndarray, allowed: np.ndarray | None = None) -> 
     return float(np.percentile(times, 50) * 1e3), float(np.percentile(times, 99) * 1e3)
 
 
+def read_bandwidth(repeats: int = 5) -> float:
+    """Bytes/s one thread reads: the best of `repeats` matrix-vector products over a 512 MiB float32 matrix (what
+    a single-query flat scan does: stream every vector once, two FLOPs per 4 bytes), on one torch thread."""
+    import torch  # only here: the rest of this benchmark needs no torch
+
+    matrix = torch.ones((2**21, 64), dtype=torch.float32)
+    vector = torch.ones(64, dtype=torch.float32)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    best = float("inf")
+    try:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            torch.mv(matrix, vector)
+            best = min(best, time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+    return matrix.numel() * 4 / best
+
+
 def bench_kind(kind: str, data: np.ndarray, queries: np.ndarray, truths: dict[str, np.ndarray], allowed) -> dict:  # noqa: ANN001
     ids = np.arange(len(data), dtype=np.int64)
     start = time.perf_counter()
@@ -74,6 +98,7 @@ def bench_kind(kind: str, data: np.ndarray, queries: np.ndarray, truths: dict[st
     found = store.search(queries, K).ids
     batch_s = time.perf_counter() - start
     single = queries[:200]
+    bound_ms = len(data) * data.shape[1] * 4 / read_bandwidth() * 1e3 if kind == "flat" else None
     p50, p99 = latencies(store, single)
     report = {
         "build_s": round(build, 2),
@@ -82,6 +107,9 @@ def bench_kind(kind: str, data: np.ndarray, queries: np.ndarray, truths: dict[st
         "latency_p99_ms": round(p99, 3),
         "recall_at_10": round(recall(found, truths["all"]), 4),
     }
+    if bound_ms is not None:
+        report["bandwidth_bound_ms"] = round(bound_ms, 3)
+        report["latency_vs_bound"] = round(p50 / bound_ms, 2)
     for pct, ids_allowed in allowed.items():
         start = time.perf_counter()
         filtered = store.search(queries[:200], K, allowed_ids=ids_allowed).ids

@@ -21,6 +21,8 @@ _EXPORTS = {
     "InvalidInput": "indexer.errors",
     "NotFound": "indexer.errors",
     "SchemaNotCurrent": "indexer.errors",
+    "SpaceChanged": "indexer.errors",
+    "StorageFull": "indexer.errors",
     "ItemFailure": "indexer.jobs",
     "JobInfo": "indexer.jobs",
     "ReconcileReport": "indexer.live",

@@ -39,7 +39,9 @@ class ChatOptions:
     """Service-wide defaults; most can be overridden per call."""
 
     rerank_prompt: str = DEFAULT_RERANK_PROMPT  # holds "{query}"
-    rerank_weight: float = 0.8  # weight of P(yes) in the combined score; the rest is the retrieval score's
+    # Weight of P(yes) in the combined score, the rest the retrieval score's: tuned on shapes-world validation
+    # scenes (80 one-object queries, top 10): R@1 4 -> 5 at 0.05-0.1, down to 0 at 0.8 with the small chat model.
+    rerank_weight: float = 0.1
     threshold: float = 0.5  # ask: images below this P(yes) are not relevant; none left -> "not found"
     max_images: int = 4  # ask: images in the answer prompt
     max_new_tokens: int = 256

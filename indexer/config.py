@@ -6,6 +6,7 @@ engine never looks anywhere else for configuration.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -37,31 +38,45 @@ class EngineConfig:
     # Bounds the whole download, so a server trickling one byte per read timeout cannot hold a worker forever.
     url_total_timeout_s: float = 60.0
     url_max_redirects: int = 5
+    # Networks (CIDR) URLs may reach even though they are not public, e.g. an internal image store; everything
+    # else non-public stays refused. Narrower than allow_private_urls, which opens every address.
+    url_allowed_networks: tuple[str, ...] = ()
     # Largest file, download or upload read into memory for one image.
     max_source_bytes: int = 50 * 2**20
     # --- decoding ---
     # Checked from the header before any pixel is decoded (a 100 KB PNG can declare 10^10 pixels).
     max_image_pixels: int = 64_000_000
     max_frames: int = 10_000
+    # Wall-clock bound of one image's decode (checked as Pillow reads its input, and once more at the end).
+    decode_timeout_s: float = 30.0
     decode_workers: int = 4
     # --- writing ---
     # How often (seconds) a running job persists its vector index; the catalog and the embedding shards are
     # durable at every batch, and start-up reconciliation repairs an index that is older than them.
     index_save_interval_s: float = 30.0
     default_index_kind: str = "auto"
-    store_originals: bool = True
+    store_originals: bool = True  # the default storage policy of new collections: originals, or none
     job_workers: int = 2
+    # --- switching encoders ---
+    # A migration with evaluation data refuses to switch when the new encoder loses more than this on a gate metric.
+    migrate_max_regression: float = 0.01
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
         object.__setattr__(self, "allowed_roots", tuple(Path(p) for p in self.allowed_roots))
+        object.__setattr__(self, "url_allowed_networks", tuple(str(n) for n in self.url_allowed_networks))
         if self.dtype == "auto":
             object.__setattr__(self, "dtype", None)
         for name in ("image_batch_size", "text_batch_size", "decode_workers", "max_source_bytes", "job_workers"):
             if int(getattr(self, name)) < 1:
                 raise InvalidInput(f"EngineConfig.{name} must be >= 1, got {getattr(self, name)!r}")
-        if self.max_image_pixels < 1 or self.max_frames < 1 or self.url_max_redirects < 0:
+        if self.max_image_pixels < 1 or self.max_frames < 1 or self.url_max_redirects < 0 or self.decode_timeout_s <= 0:
             raise InvalidInput("EngineConfig limits must be positive")
+        for network in self.url_allowed_networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise InvalidInput(f"allowed network {network!r} is not an IP network (e.g. 10.1.0.0/16)") from None
         for root in self.allowed_roots:
             if not root.is_absolute():
                 raise InvalidInput(f"allowed root {str(root)!r} is not an absolute path")

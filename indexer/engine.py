@@ -26,18 +26,22 @@ import numpy as np
 from PIL import Image
 from sqlalchemy.orm import Session
 
-from indexer.catalog import repo
+from indexer import model_switch
+from indexer.catalog import repo, spaces
 from indexer.catalog.db import check_schema_current, make_engine, make_sessionmaker, session_scope
 from indexer.config import EngineConfig
-from indexer.errors import Conflict, InvalidInput, NotFound
+from indexer.errors import Conflict, InvalidInput, NotFound, SpaceChanged
 from indexer.jobs import JobInfo, JobRuntime, JobWorker, create_ingest_job, job_info, sweep_staging
-from indexer.live import LiveCollection, ReconcileReport, reconcile, target_kind
+from indexer.live import LiveCollection, ReconcileReport, Space, reconcile, target_kind
+from indexer.metadata import check_metadata
 from indexer.pipeline.sources import IngestItem
 from indexer.search import Hit, check_filter, check_query, hydrate, image_query_vector, nearest, text_query_vector
 from indexer.storage import remove_orphans
 from internvl_models import CheckpointError, Encoder, create_encoder
 
 log = logging.getLogger("internvl_search.engine")
+# A search re-encodes its query this many times at most when the collection switches encoders under it.
+SWITCH_RETRIES = 3
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,7 @@ class CollectionInfo:
     vectors: int
     images: dict[str, int]  # per status
     created_at: datetime | None
+    storage: str = "originals"  # what is kept of each image: originals | thumbnails | none
 
 
 @dataclass(frozen=True)
@@ -70,12 +75,20 @@ class ImageInfo:
     created_at: datetime | None
 
 
-class Engine:
-    """Collections, ingestion and search over one data directory and catalog database."""
+class Engine(model_switch.EncoderSwitching):
+    """Collections, ingestion and search over one data directory and catalog database; switching a collection to
+    another encoder comes from `EncoderSwitching`."""
 
-    def __init__(self, config: EngineConfig, encoder_factory: Callable[..., Encoder] = create_encoder) -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        encoder_factory: Callable[..., Encoder] = create_encoder,
+        *,
+        resolver: Callable[[str, int], Sequence[str]] | None = None,
+    ) -> None:
         self.config = config
         self._encoder_factory = encoder_factory
+        self.resolver = resolver  # host name -> addresses for URL fetching; None: the system's (pipeline/urls.py)
         self._encoders: dict[tuple[str, str | None], Encoder] = {}
         self._encoders_lock = threading.Lock()
         self._lives: dict[int, LiveCollection] = {}
@@ -164,11 +177,12 @@ class Engine:
             return self._encoders[key]
 
     def _collection_encoder(self, live: LiveCollection) -> Encoder:
-        encoder = self.encoder(live.encoder_name, live.checkpoint)
-        if encoder.fingerprint != live.fingerprint:
+        space = live.space  # one read: a switch may happen at any moment
+        encoder = self.encoder(space.encoder, space.checkpoint)
+        if encoder.fingerprint != space.fingerprint:
             raise Conflict(
-                f"collection {live.name!r} holds vectors of encoder {live.encoder_name} with fingerprint "
-                f"{live.fingerprint[:12]}…, but the configured weights give {encoder.fingerprint[:12]}…; "
+                f"collection {live.name!r} holds vectors of encoder {space.encoder} with fingerprint "
+                f"{space.fingerprint[:12]}…, but the configured weights give {encoder.fingerprint[:12]}…; "
                 "configure the checkpoint it was created with, or create a new collection"
             )
         return encoder
@@ -176,9 +190,12 @@ class Engine:
     # --- collections --------------------------------------------------------------------------------------------
 
     def create_collection(
-        self, name: str, *, encoder: str | None = None, checkpoint: str | None = None, index_kind: str | None = None
-    ) -> CollectionInfo:
-        """A new empty collection bound to `encoder` (default: the configured one) and its current weights."""
+        self, name: str, *, encoder: str | None = None, checkpoint: str | None = None, index_kind: str | None = None,
+        storage: str | None = None,
+    ) -> CollectionInfo:  # fmt: skip
+        """A new empty collection bound to `encoder` (default: the configured one) and its current weights.
+        `storage` is what it keeps of each image (default: originals, or none when the engine stores no originals)."""
+        storage = spaces.check_storage_policy(storage or ("originals" if self.config.store_originals else "none"))
         name_ = encoder or self.config.encoder
         chosen_by_caller = checkpoint is not None
         if checkpoint is None and name_ == self.config.encoder:
@@ -199,6 +216,7 @@ class Engine:
                 index_kind=index_kind or self.config.default_index_kind,
                 checkpoint=None if checkpoint is None else str(checkpoint),
             )
+            row.storage = storage
             row_id = row.id
         self._live(row_id)
         return self.get_collection(name)
@@ -225,6 +243,7 @@ class Engine:
             vectors=len(live.store),
             images=counts,
             created_at=row.created_at,
+            storage=row.storage,
         )
 
     def delete_collection(self, name: str) -> None:
@@ -266,7 +285,10 @@ class Engine:
         return live
 
     def ensure_reconciled(self, live: LiveCollection) -> None:
-        """Reconcile `live` unless that already happened; call with its lock held (every writer does)."""
+        """Reconcile `live` unless that already happened; call with its lock held (every writer does). A writer
+        first follows an encoder switch another process made, so it never writes into the old space."""
+        with session_scope(self.sessions) as session:
+            live.follow(repo.get_collection_by_id(session, live.id))
         if not live.loaded:
             live.report = reconcile(live, self.sessions)
             if live.report.requeue_job is not None and self._worker is not None:
@@ -281,7 +303,10 @@ class Engine:
         """The collection for a read, refreshed when another process changed it since we loaded it."""
         live = self._live_by_name(name)
         with session_scope(self.sessions) as session:
-            version = repo.collection_version(session, live.id)
+            row = repo.get_collection_by_id(session, live.id)
+            version, space = row.index_version, Space.of(row)
+        if not live.lock.held:
+            live.adopt_space(space)  # another process switched encoders
         if version is not None and version != live.store.version and not live.lock.held:
             live.loaded = False  # stale: reconcile again (now if nobody is writing, otherwise the saved index)
             self._live(live.id)
@@ -356,6 +381,19 @@ class Engine:
             names = {row.id: row.name for row in repo.list_collections(session)}
             return [job_info(session, job, names.get(job.collection_id, "?"), failures=0) for job in jobs]
 
+    def retry_job(self, job_id: int) -> JobInfo:
+        """Queue a failed job again in the background (after a full disk, say): its pending items are what is left.
+        An interrupted (queued or running) job is queued as well; `Conflict` for one that is done or cancelled."""
+        with session_scope(self.sessions) as session:
+            state = repo.get_job(session, job_id).state
+            if state in ("done", "cancelled"):
+                raise Conflict(f"job {job_id} is {state}; only a failed or interrupted job can be retried")
+            if state == "failed":
+                repo.set_job_state(session, job_id, "queued")
+        if self._worker is not None:
+            self._worker.enqueue(job_id)
+        return self.get_job(job_id)
+
     def cancel_job(self, job_id: int) -> JobInfo:
         """Cancel a queued or running job; a running one stops at its next batch, keeping what it wrote."""
         with session_scope(self.sessions) as session:
@@ -390,17 +428,25 @@ class Engine:
         """The k best images for a text (any language), an image, or an indexed image (itself excluded)."""
         check_query(text, image, image_id, k, offset)
         check_filter(filter)
-        encoder = self.collection_encoder(collection)
-        if text is not None:
-            query = text_query_vector(encoder, text)
-        elif image is not None:
-            query = image_query_vector(encoder, image, max_pixels=self.config.max_image_pixels)
-        else:
-            path = self.image_path(collection, image_id)
-            query = image_query_vector(encoder, path.read_bytes(), max_pixels=self.config.max_image_pixels)
-        return self.search_vector(
-            collection, query, k=k, filter=filter, min_score=min_score, offset=offset, exclude=image_id
-        )
+        retries = SWITCH_RETRIES
+        while True:  # encoded again when the collection switches encoders in between (SpaceChanged)
+            encoder = self.collection_encoder(collection)
+            if text is not None:
+                query = text_query_vector(encoder, text)
+            elif image is not None:
+                query = image_query_vector(encoder, image, max_pixels=self.config.max_image_pixels)
+            else:
+                path = self.image_path(collection, image_id)
+                query = image_query_vector(encoder, path.read_bytes(), max_pixels=self.config.max_image_pixels)
+            try:
+                return self.search_vector(
+                    collection, query, k=k, filter=filter, min_score=min_score, offset=offset, exclude=image_id,
+                    fingerprint=encoder.fingerprint,
+                )  # fmt: skip
+            except SpaceChanged:
+                retries -= 1
+                if not retries:
+                    raise
 
     def collection_encoder(self, collection: str) -> Encoder:
         """The encoder whose space the collection's vectors live in (Conflict when its weights changed)."""
@@ -416,17 +462,24 @@ class Engine:
         min_score: float | None = None,
         offset: int = 0,
         exclude: int | None = None,
+        fingerprint: str | None = None,
     ) -> list[Hit]:
-        """Search from a (1, dim) unit vector of the collection's encoder (for callers that batch their encoding)."""
+        """Search from a (1, dim) unit vector of the collection's encoder (for callers that batch their encoding).
+
+        `fingerprint` is that of the encoder the query came from: `SpaceChanged` when the collection switched
+        encoders since (encode the query again), rather than an answer from a space the query is not in."""
         check_query(None, None, 0, k, offset)  # validates k and offset; the query itself is the vector
         check_filter(filter)
         live = self._fresh(collection)
+        space, store = live.serving()
+        if fingerprint is not None and fingerprint != space.fingerprint:
+            raise SpaceChanged(f"collection {collection!r} switched encoders while the query was encoded; retry")
         query = np.asarray(query, dtype=np.float32).reshape(1, -1)
-        if query.shape[1] != live.dim:
-            raise InvalidInput(f"query vector has {query.shape[1]} dimensions, the collection {live.dim}")
+        if query.shape[1] != space.dim:
+            raise InvalidInput(f"query vector has {query.shape[1]} dimensions, the collection {space.dim}")
         with session_scope(self.sessions) as session:
             allowed = repo.ids_matching_filter(session, live.id, filter) if filter else None
-        pairs = nearest(live.store, query, k=k, offset=offset, allowed=allowed, min_score=min_score, exclude=exclude)
+        pairs = nearest(store, query, k=k, offset=offset, allowed=allowed, min_score=min_score, exclude=exclude)
         with session_scope(self.sessions) as session:
             return hydrate(session, live.id, pairs)
 
@@ -447,7 +500,7 @@ class Engine:
         info = self.get_image(collection, image_id)
         path = self._live_by_name(collection).files.originals.path(info.sha256)
         if not path.is_file():
-            raise NotFound(f"the original of image {image_id} is not stored (store_originals was off)")
+            raise NotFound(f"the original of image {image_id} is not stored (the collection's storage policy)")
         return path
 
     def delete_images(self, collection: str, ids: Sequence[int]) -> int:
@@ -484,7 +537,7 @@ class Engine:
             if merge:
                 merged = {**(image.meta or {}), **dict(metadata or {})}
                 metadata = {k: v for k, v in merged.items() if v is not None}
-            image = repo.set_image_metadata(session, image.id, metadata)
+            image = repo.set_image_metadata(session, image.id, check_metadata(metadata))
             return _image_info(image, collection)
 
 

@@ -17,6 +17,10 @@ class Conflict(IndexerError):
     """The request clashes with existing state: a duplicate name, a model-fingerprint mismatch, a bad state change."""
 
 
+class SpaceChanged(Conflict):
+    """The collection switched encoders between encoding a query and searching with it; encode it again."""
+
+
 class InvalidInput(IndexerError):
     """Input the engine refuses: an unknown option, a malformed filter, vectors of the wrong shape."""
 
@@ -56,3 +60,35 @@ class UpstreamError(IndexerError):
 
 class UpstreamTimeout(UpstreamError):
     """The remote chat server did not answer within the configured time."""
+
+
+class StorageFull(IndexerError):
+    """The disk holding the data directory or the catalog is full (or over quota). Nothing the request would have
+    added was acknowledged; free space and retry."""
+
+
+# Text of the storage-full errors that reach us wrapped by a database driver rather than as an OSError.
+_FULL_MESSAGES = ("database or disk is full", "no space left on device", "disk quota exceeded", "could not extend file")
+
+
+def storage_full_reason(exc: BaseException) -> str | None:
+    """A one-line reason when `exc` (or an exception it wraps) means the disk is full; None otherwise."""
+    import errno
+
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            return f"no space left on the storage device ({current.strerror})"
+        text = str(current).lower()
+        for message in _FULL_MESSAGES:
+            if message in text:
+                return f"no space left on the storage device ({message})"
+        # SQLAlchemy keeps the driver's exception in `orig`; Python chains keep the rest.
+        orig = getattr(current, "orig", None)
+        pending += [orig if isinstance(orig, BaseException) else None, current.__cause__, current.__context__]
+    return None

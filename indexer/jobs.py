@@ -9,7 +9,6 @@ manifests read) in one transaction, so a crash during planning simply plans agai
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
@@ -25,11 +24,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from indexer.catalog import repo
 from indexer.catalog.db import session_scope
 from indexer.catalog.tables import Job
-from indexer.errors import InvalidInput, NotFound
+from indexer.errors import InvalidInput, NotFound, StorageFull, storage_full_reason
+from indexer.metadata import check_metadata
 from indexer.pipeline.flow import ItemSpec
 from indexer.pipeline.runner import PipelineRun, run_pipeline
 from indexer.pipeline.sources import Fetcher, IngestItem, plan
-from indexer.pipeline.urls import Downloader
+from indexer.pipeline.urls import downloader_for
 from indexer.storage import remove_staging, staging_dir
 from indexer.vector_store.base import atomic_write
 
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("internvl_search.jobs")
 FAILURES_SHOWN = 20
+MAX_REF_CHARS = 4096
 LOCK_POLL_S = 0.2
 
 
@@ -109,19 +110,31 @@ def create_ingest_job(
     """Create a queued job for `items`, staging uploaded bytes under the data directory; returns its id."""
     if not items:
         raise InvalidInput("nothing to ingest: give at least one item")
-    common = _check_metadata(metadata, "metadata")
-    with session_scope(sessions) as session:
-        job = repo.create_job(session, collection_id=collection_id, kind="ingest")
-        # Staged inside the transaction: if it fails, nothing refers to the files and start-up sweeps them.
-        inputs = [_stage(item, i, common, staging_dir(data_dir, job.id)).to_source() for i, item in enumerate(items)]
-        job.params = {"inputs": inputs, "planned": False, "roots": [str(Path(r).resolve()) for r in extra_roots]}
-        return job.id
+    common = check_metadata(metadata, "metadata")
+    job_id = None
+    try:
+        with session_scope(sessions) as session:
+            job = repo.create_job(session, collection_id=collection_id, kind="ingest")
+            job_id = job.id
+            # Staged inside the transaction: if it fails, nothing refers to the files and start-up sweeps them.
+            staging = staging_dir(data_dir, job.id)
+            inputs = [_stage(item, i, common, staging).to_source() for i, item in enumerate(items)]
+            job.params = {"inputs": inputs, "planned": False, "roots": [str(Path(r).resolve()) for r in extra_roots]}
+        return job_id
+    except Exception as exc:
+        reason = storage_full_reason(exc)
+        if reason is None:
+            raise
+        if job_id is not None:
+            remove_staging(data_dir, job_id)  # the job was never committed: give its partial uploads' space back
+        raise StorageFull(f"the job was not accepted: {reason}; free space and send it again") from None
 
 
 def _stage(item: IngestItem, index: int, common: dict[str, Any], staging: Path) -> ItemSpec:
     if not isinstance(item, IngestItem) or item.kind not in ("upload", "path", "url", "manifest"):
         raise InvalidInput(f"item {index}: expected an IngestItem (upload, path, url or manifest), got {item!r:.80}")
-    meta = {**common, **_check_metadata(item.metadata, f"item {index} metadata")}
+    what = f"item {index} metadata"
+    meta = check_metadata({**common, **check_metadata(item.metadata, what)}, what)
     if item.kind == "upload" and item.data is None:
         # Checked, not assumed: an upload spec is read without the allowed-roots check, so it must be our file.
         raise InvalidInput(f"item {index}: an upload needs its bytes")
@@ -132,22 +145,20 @@ def _stage(item: IngestItem, index: int, common: dict[str, Any], staging: Path) 
         atomic_write(path, [item.data])
         if item.kind == "manifest":
             return ItemSpec("manifest", str(path), name="upload", meta=meta)
-        return ItemSpec("upload", str(path), name=item.filename or f"upload-{index}", meta=meta)
+        return ItemSpec("upload", str(path), name=_file_name(item.filename) or f"upload-{index}", meta=meta)
     if not item.ref:
         raise InvalidInput(f"item {index}: a {item.kind} item needs a path or URL")
+    if len(str(item.ref)) > MAX_REF_CHARS or "\x00" in str(item.ref):
+        # Refused here, before the ledger: PostgreSQL cannot store a NUL, and no real path or URL is this long.
+        raise InvalidInput(f"item {index}: a path or URL must be at most {MAX_REF_CHARS:,} characters without NUL")
     return ItemSpec(item.kind, str(item.ref), meta=meta)
 
 
-def _check_metadata(meta: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
-    if meta is None:
-        return {}
-    if not isinstance(meta, Mapping) or not all(isinstance(k, str) for k in meta):
-        raise InvalidInput(f"{what} must be a JSON object with string keys")
-    try:
-        json.dumps(meta, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"{what} is not JSON-serialisable: {exc}") from None
-    return dict(meta)
+def _file_name(name: str | None) -> str | None:
+    """A client's file name as it is shown and stored: control characters (NUL included) dropped, 255 at most."""
+    if not name:
+        return None
+    return "".join(c for c in name if c.isprintable())[:255] or None
 
 
 def plan_job(sessions: sessionmaker[Session], job_id: int, roots: Sequence[Path]) -> None:
@@ -223,6 +234,15 @@ def sweep_staging(sessions: sessionmaker[Session], data_dir: Path) -> None:
             remove_staging(data_dir, int(path.name))
 
 
+def _save_if_possible(live: Any) -> None:
+    """Save the index after a failed run, unless that fails too (a full disk): the catalog and the embeddings are
+    durable, and the next reconciliation rebuilds what the saved index lacks."""
+    try:
+        live.save_if_dirty()
+    except Exception:
+        log.exception("could not save the index after a failed job", extra={"collection": live.name})
+
+
 class JobRuntime:
     """Runs one job to its end (or to a stop request) while holding its collection's writer lock."""
 
@@ -233,7 +253,13 @@ class JobRuntime:
         engine, sessions = self.engine, self.engine.sessions
         try:
             with session_scope(sessions) as session:
-                collection_id = repo.get_job(session, job_id).collection_id
+                job = repo.get_job(session, job_id)
+                collection_id, kind = job.collection_id, job.kind
+            if kind == "migrate":  # re-embedding for an encoder switch: its own locking (indexer/model_switch.py)
+                from indexer.model_switch import run_migration
+
+                run_migration(engine, job_id, stop, progress)
+                return
             live = engine._live(collection_id)
         except NotFound:
             return  # the job went with its collection
@@ -257,8 +283,10 @@ class JobRuntime:
             clock, complete = self._run(job_id, live, stop, progress)
         except Exception as exc:
             log.exception("job failed", extra={"job_id": job_id})
-            live.save_if_dirty()
-            self._finish(job_id, "failed", {}, error=f"{type(exc).__name__}: {exc}")
+            _save_if_possible(live)
+            reason = storage_full_reason(exc)
+            error = f"{reason}: free space, then retry the job" if reason else f"{type(exc).__name__}: {exc}"
+            self._finish(job_id, "failed", {}, error=error)
             return
         if complete and live.maintain(live.embeddings()):
             log.info("index rebuilt after job", extra={"job_id": job_id, "kind": live.store.kind})
@@ -272,14 +300,7 @@ class JobRuntime:
         plan_job(sessions, job_id, config.allowed_roots)
         with session_scope(sessions) as session:
             roots = job_roots(config.allowed_roots, repo.get_job(session, job_id).params or {})
-        downloader = Downloader(
-            allow_private=config.allow_private_urls,
-            connect_timeout_s=config.url_connect_timeout_s,
-            read_timeout_s=config.url_read_timeout_s,
-            total_timeout_s=config.url_total_timeout_s,
-            max_redirects=config.url_max_redirects,
-            max_bytes=config.max_source_bytes,
-        )
+        downloader = downloader_for(config, engine.resolver)
 
         def should_stop() -> bool:
             if stop.is_set():

@@ -11,8 +11,9 @@ when that is gone as well), and an unreadable index file is rebuilt from the emb
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
@@ -61,22 +62,115 @@ class ReconcileReport:
         return bool(self.removed or self.restored or self.requeued or self.failed or self.rebuilt)
 
 
+@dataclass(frozen=True)
+class Space:
+    """The embedding space a collection serves from: the encoder weights its vectors come from, and the
+    generation of files (index, embeddings) that hold them."""
+
+    encoder: str
+    checkpoint: str | None
+    dim: int
+    fingerprint: str
+    generation: int = 0
+
+    @classmethod
+    def of(cls, row: Collection) -> Space:
+        return cls(row.encoder, row.checkpoint, row.dim, row.fingerprint, int(row.generation or 0))
+
+    def same_vectors(self, other: Space) -> bool:
+        """Whether both name the same files of the same weights (the checkpoint's spelling does not matter)."""
+        return (self.generation, self.fingerprint) == (other.generation, other.fingerprint)
+
+
 class LiveCollection:
-    """One collection's in-memory state. Mutate the store or the files only while holding `lock`."""
+    """One collection's in-memory state. Mutate the store or the files only while holding `lock`.
+
+    The serving space and its store are one tuple, replaced in a single assignment by `switch`, so a reader
+    without the lock (a search) that takes `serving()` once sees a matching encoder, dimension and index.
+    """
 
     def __init__(self, config: EngineConfig, row: Collection) -> None:
-        self.id, self.name, self.dim = row.id, row.name, row.dim
-        self.encoder_name, self.fingerprint, self.index_kind = row.encoder, row.fingerprint, row.index_kind
-        self.files = CollectionFiles(config.data_dir, row.id)
+        self.id, self.name, self.index_kind = row.id, row.name, row.index_kind
+        self.storage = row.storage or "originals"
+        self.files = CollectionFiles(config.data_dir, row.id, row.generation or 0)
         # A collection created before catalog revision 0002 may still have it only in its legacy file.
-        self.checkpoint: str | None = row.checkpoint or self.files.legacy_checkpoint()
+        checkpoint = row.checkpoint or self.files.legacy_checkpoint()
+        space = Space(row.encoder, checkpoint, row.dim, row.fingerprint, int(row.generation or 0))
+        self._swap_lock = threading.Lock()
+        self._serving: tuple[Space, VectorStore] = (space, create_vector_store(target_kind(row.index_kind, 0), row.dim))
         self.lock = WriteLock(self.files.lock_path)
-        self.store: VectorStore = create_vector_store(target_kind(row.index_kind, 0), row.dim)
         self.loaded = False
         self.report: ReconcileReport | None = None
         self._dirty = False
         self._saved_at = time.monotonic()
         self._adopted: tuple[int, int, int] | None = None
+
+    # --- the serving space ----------------------------------------------------------------------------------------
+
+    def serving(self) -> tuple[Space, VectorStore]:
+        """The space and its store, as one consistent pair."""
+        return self._serving
+
+    @property
+    def space(self) -> Space:
+        return self._serving[0]
+
+    @property
+    def store(self) -> VectorStore:
+        return self._serving[1]
+
+    @store.setter
+    def store(self, store: VectorStore) -> None:
+        with self._swap_lock:
+            self._serving = (self._serving[0], store)
+
+    @property
+    def encoder_name(self) -> str:
+        return self.space.encoder
+
+    @property
+    def checkpoint(self) -> str | None:
+        return self.space.checkpoint
+
+    @property
+    def dim(self) -> int:
+        return self.space.dim
+
+    @property
+    def fingerprint(self) -> str:
+        return self.space.fingerprint
+
+    def switch(self, space: Space, store: VectorStore) -> None:
+        """Serve `space` from `store` from now on; call with `lock` held, after the catalog committed the switch
+        (and `store` was saved to the space's index file)."""
+        with self._swap_lock:
+            self.files.generation = space.generation
+            self._serving = (space, store)
+        self._dirty, self._adopted, self.loaded = False, None, True
+
+    def follow(self, row: Collection) -> None:
+        """Serve the space the catalog names if another process switched encoders; call with `lock` held. The
+        store is then reloaded by reconciliation."""
+        space = Space.of(row)
+        if not space.same_vectors(self.space):
+            self.switch(replace(space, checkpoint=space.checkpoint or self.checkpoint), self._empty(space))
+            self.loaded = False
+
+    def adopt_space(self, space: Space) -> None:
+        """Without the lock (another process is writing): serve `space` from its saved index, which the process
+        that switched saved before committing."""
+        serving = self._serving
+        if space.same_vectors(serving[0]):
+            return
+        store, _ = load_saved(self, space)
+        with self._swap_lock:
+            if self._serving is serving:
+                self.files.generation = space.generation
+                self._serving = (space, store or self._empty(space))
+                self.loaded = False
+
+    def _empty(self, space: Space) -> VectorStore:
+        return create_vector_store(target_kind(self.index_kind, 0), space.dim)
 
     def embeddings(self) -> EmbeddingStore:
         """A fresh view of the embedding shards; call with `lock` held (another process may have appended)."""
@@ -102,16 +196,19 @@ class LiveCollection:
         """Serve the saved index if another process saved a newer one (checked by file identity, so repeated calls
         while that process keeps writing cost one stat, not one load)."""
         try:
-            stat = self.files.index_path.stat()
+            stat = self.files.index_path_of(self.space.generation).stat()
         except OSError:
             return
         identity = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
         if identity == self._adopted:
             return
         self._adopted = identity
-        store, _ = load_saved(self)
-        if store is not None and store.version > self.store.version:
-            self.store = store
+        serving = self._serving
+        store, _ = load_saved(self, serving[0])
+        with self._swap_lock:
+            # Only if nothing switched the space meanwhile: the file read was that space's.
+            if store is not None and self._serving is serving and store.version > serving[1].version:
+                self._serving = (serving[0], store)
 
     def rebuild(self, keep_ids: np.ndarray, embeddings: EmbeddingStore, kind: str | None = None) -> None:
         """Replace the store with one built from the stored embeddings of `keep_ids` (no re-encoding)."""
@@ -141,9 +238,11 @@ class LiveCollection:
         return False
 
 
-def load_saved(live: LiveCollection) -> tuple[VectorStore | None, str]:
-    """The saved store and how loading went; None when there is nothing usable on disk."""
-    path = live.files.index_path
+def load_saved(live: LiveCollection, space: Space | None = None) -> tuple[VectorStore | None, str]:
+    """The saved store of `space` (default: the serving one) and how loading went; None when there is nothing
+    usable on disk."""
+    space = space or live.space
+    path = live.files.index_path_of(space.generation)
     if not path.exists():
         return None, "missing"
     try:
@@ -151,7 +250,7 @@ def load_saved(live: LiveCollection) -> tuple[VectorStore | None, str]:
     except (CorruptData, OSError, RuntimeError, ValueError, KeyError) as exc:
         log.warning("index file unreadable, rebuilding from embeddings", extra={"path": str(path), "error": str(exc)})
         return None, "corrupt"
-    if store.dim != live.dim:
+    if store.dim != space.dim:
         return None, "mismatched"
     return store, "file"
 

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from indexer.catalog import repo
 from indexer.errors import InvalidInput
-from indexer.pipeline.decode import DecodeError, decode_image
+from indexer.pipeline.decode import DECODE_TIMEOUT_S, DecodeError, decode_image
 from indexer.vector_store import VectorStore
 from internvl_models import Encoder
 
@@ -53,11 +53,18 @@ def check_query(text: str | None, image: Any, image_id: int | None, k: int, offs
         raise InvalidInput(f"offset must be an integer from 0 to {MAX_K}, got {offset!r}")
 
 
-def image_query_vector(encoder: Encoder, image: Image.Image | bytes, *, max_pixels: int) -> np.ndarray:
+def image_query_vector(
+    encoder: Encoder,
+    image: Image.Image | bytes,
+    *,
+    max_pixels: int,
+    max_frames: int = 1_000_000,
+    timeout_s: float = DECODE_TIMEOUT_S,
+) -> np.ndarray:
     """(1, dim) for a query image, decoded under the same limits as ingested images."""
     if isinstance(image, bytes | bytearray | memoryview):
         try:
-            image = decode_image(bytes(image), max_pixels=max_pixels, max_frames=1_000_000).image
+            image = decode_image(bytes(image), max_pixels=max_pixels, max_frames=max_frames, timeout_s=timeout_s).image
         except DecodeError as exc:
             raise InvalidInput(f"query image: {exc}") from None
     elif not isinstance(image, Image.Image):

@@ -2,7 +2,8 @@
 
     <data_dir>/collections/<id>/index.ivs          the saved vector store (derived; rebuilt when absent or corrupt)
     <data_dir>/collections/<id>/embeddings/        durable float16 embedding shards (EmbeddingStore)
-    <data_dir>/collections/<id>/originals/ab/<sha>  each original image, content-addressed by its sha256
+    <data_dir>/collections/<id>/spaces/<g>/        index.ivs + embeddings/ of generation g > 0 (an encoder switch)
+    <data_dir>/collections/<id>/originals/ab/<sha>  each original image (or its reduced copy), by the original's sha256
     <data_dir>/collections/<id>/collection.json    legacy (before catalog revision 0002): the encoder checkpoint
     <data_dir>/collections/<id>/write.lock         flock: one writing process per collection
     <data_dir>/jobs/<job id>/                      uploads staged until their job ends
@@ -26,15 +27,55 @@ from indexer.vector_store.base import fsync_dir
 
 
 class CollectionFiles:
-    """Paths of one collection's files."""
+    """Paths of one collection's files; `index_path` and `embeddings_dir` are those of the serving `generation`.
 
-    def __init__(self, data_dir: Path, collection_id: int) -> None:
+    Generation 0 lives in the collection folder itself (the layout before encoder switches existed); generation
+    g > 0 in `spaces/<g>/`. Originals and the writer lock are shared by every generation.
+    """
+
+    def __init__(self, data_dir: Path, collection_id: int, generation: int = 0) -> None:
         self.root = Path(data_dir) / "collections" / str(int(collection_id))
-        self.index_path = self.root / "index.ivs"
-        self.embeddings_dir = self.root / "embeddings"
+        self.generation = int(generation)
         self.originals = OriginalStore(self.root / "originals")
         self.legacy_info_path = self.root / "collection.json"
         self.lock_path = self.root / "write.lock"
+
+    @property
+    def index_path(self) -> Path:
+        return self.index_path_of(self.generation)
+
+    @property
+    def embeddings_dir(self) -> Path:
+        return self.embeddings_dir_of(self.generation)
+
+    def generation_dir(self, generation: int) -> Path:
+        return self.root if int(generation) == 0 else self.root / "spaces" / str(int(generation))
+
+    def index_path_of(self, generation: int) -> Path:
+        return self.generation_dir(generation) / "index.ivs"
+
+    def embeddings_dir_of(self, generation: int) -> Path:
+        return self.generation_dir(generation) / "embeddings"
+
+    def remove_generation(self, generation: int) -> None:
+        """Delete one generation's index and embeddings (never the originals or another generation)."""
+        if int(generation) == 0:
+            self.index_path_of(0).unlink(missing_ok=True)
+            _remove_tree(self.embeddings_dir_of(0))
+        else:
+            _remove_tree(self.generation_dir(generation))
+
+    def remove_unused_generations(self, in_use: Iterable[int]) -> list[int]:
+        """Delete the files of generations nothing refers to (left by a crash between a catalog commit and the
+        file removal that followed it); returns the generations removed."""
+        keep = {int(g) for g in in_use}
+        found = [int(p.name) for p in (self.root / "spaces").glob("*") if p.name.isdigit()]
+        if (self.index_path_of(0).exists() or self.embeddings_dir_of(0).exists()) and 0 not in keep:
+            found.append(0)
+        removed = [g for g in found if g not in keep]
+        for generation in removed:
+            self.remove_generation(generation)
+        return removed
 
     def legacy_checkpoint(self) -> str | None:
         """The checkpoint recorded in collection.json by versions before the catalog had a column for it."""
@@ -51,6 +92,16 @@ class CollectionFiles:
         trash = self.root.with_name(f".deleted-{self.root.name}")
         os.replace(self.root, trash)
         shutil.rmtree(trash, ignore_errors=True)
+
+
+def _remove_tree(path: Path) -> None:
+    """Rename aside, then delete: a crash never leaves half a folder under its real name."""
+    if not path.exists():
+        return
+    trash = path.with_name(f".deleted-{path.name}")
+    shutil.rmtree(trash, ignore_errors=True)
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def remove_orphans(data_dir: Path, live_ids: Iterable[int]) -> list[Path]:
@@ -172,3 +223,26 @@ def staging_dir(data_dir: Path, job_id: int) -> Path:
 
 def remove_staging(data_dir: Path, job_id: int) -> None:
     shutil.rmtree(staging_dir(data_dir, job_id), ignore_errors=True)
+
+
+# Longer side of the reduced copy a "thumbnails" collection keeps: above the input size of the encoders it serves
+# (224 or 448 px), so re-embedding from it loses little, at a fraction of the original's bytes.
+THUMBNAIL_SIDE = 512
+
+
+def reduced_copy(data: bytes) -> bytes:
+    """What a "thumbnails" collection stores for an image it has already decoded once: a JPEG at most
+    THUMBNAIL_SIDE pixels on its longer side, upright; an image that is already small enough is kept as it is."""
+    import io
+
+    from PIL import Image, ImageOps
+
+    with Image.open(io.BytesIO(data)) as image:
+        image.seek(0)
+        if max(image.size) <= THUMBNAIL_SIDE:
+            return data
+        small = ImageOps.exif_transpose(image).convert("RGB")
+    small.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+    out = io.BytesIO()
+    small.save(out, "JPEG", quality=90)
+    return out.getvalue()

@@ -16,7 +16,7 @@ from PIL import Image
 from indexer.errors import InvalidInput
 from indexer.pipeline.decode import DecodeError, decode_image
 from indexer.pipeline.paths import SourceError
-from indexer.pipeline.urls import Downloader
+from indexer.pipeline.urls import downloader_for
 from indexer.search import Hit, image_query_vector
 from internvl_models import Encoder
 
@@ -71,15 +71,7 @@ def decode_base64(text: str, max_bytes: int) -> bytes:
 
 
 def download(engine: Engine, url: str) -> bytes:
-    config = engine.config
-    downloader = Downloader(
-        allow_private=config.allow_private_urls,
-        connect_timeout_s=config.url_connect_timeout_s,
-        read_timeout_s=config.url_read_timeout_s,
-        total_timeout_s=config.url_total_timeout_s,
-        max_redirects=config.url_max_redirects,
-        max_bytes=config.max_source_bytes,
-    )
+    downloader = downloader_for(engine.config, engine.resolver)
     try:
         return downloader.download(url)
     except SourceError as exc:
@@ -91,11 +83,13 @@ def download(engine: Engine, url: str) -> bytes:
 def decode_query_image(engine: Engine, data: bytes) -> Image.Image:
     """8-bit RGB image from bytes, refused (InvalidInput) when it is not an image or exceeds the pixel limit."""
     try:
-        return decode_image(data, max_pixels=engine.config.max_image_pixels, max_frames=1_000_000).image
+        config = engine.config
+        limits = {"max_pixels": config.max_image_pixels, "max_frames": config.max_frames}
+        return decode_image(data, **limits, timeout_s=config.decode_timeout_s).image
     except DecodeError as exc:
         raise InvalidInput(f"query image: {exc}") from None
 
 
 def image_vector(engine: Engine, encoder: Encoder, data: bytes) -> np.ndarray:
     """(1, dim) retrieval vector of a query image given as bytes."""
-    return image_query_vector(encoder, data, max_pixels=engine.config.max_image_pixels)
+    return image_query_vector(encoder, decode_query_image(engine, data), max_pixels=engine.config.max_image_pixels)

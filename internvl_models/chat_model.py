@@ -27,6 +27,7 @@ from transformers.generation.logits_process import TemperatureLogitsWarper, TopK
 
 from .chat import InternVLChat, load_chat_model
 from .chat_config import ChatConfig
+from .chat_tokenizers import load_chat_tokenizer
 from .chat_types import (
     MAX_TOP_LOGPROBS,
     ChatDelta,
@@ -78,14 +79,7 @@ class ChatModel:
     ) -> ChatModel:
         """A checkpoint directory or hub id holding config.json, the weights and tokenizer files."""
         directory = resolve_checkpoint(source)
-        try:
-            # An empty config: the tokenizer class comes from tokenizer_config.json, not from an `internvl_chat`
-            # config.json that transformers does not know (it would warn, and gain nothing).
-            tokenizer = transformers.AutoTokenizer.from_pretrained(
-                str(directory), config=transformers.PretrainedConfig()
-            )
-        except Exception as e:  # transformers raises OSError, ValueError, ImportError... for unreadable tokenizers
-            raise CheckpointError(f"Cannot load the tokenizer of {directory}: {type(e).__name__}: {e}") from e
+        tokenizer = load_chat_tokenizer(directory)
         image_token = tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
         if not isinstance(image_token, int) or image_token == tokenizer.unk_token_id:
             raise CheckpointError(f"the tokenizer of {directory} has no {IMG_CONTEXT} token")

@@ -13,6 +13,7 @@ MAX_TOP_LOGPROBS = 20  # what OpenAI-compatible servers return at most; rerank r
 # The first answer token counts as a "yes" when it reads as one of these (stripped, lower-cased, end punctuation
 # dropped). The rerank question is asked in English, but a multilingual model may answer in the user's language.
 YES_WORDS = frozenset({"yes", "是", "是的", "有", "はい", "ja", "oui", "sí", "si"})
+NO_WORDS = frozenset({"no", "不", "不是", "没有", "いいえ", "nein", "non"})
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,15 @@ Message = tuple[str, str]  # (role "user" | "assistant", text with one "<image>"
 
 
 def is_yes(token: str) -> bool:
-    return token.strip().lower().rstrip(".!,。！、") in YES_WORDS
+    """A first answer token that reads as yes: a yes word, or a piece that can only begin one. Small vocabularies
+    split "yes" ("y" + "es"); "y" begins "yes" and no "no" word, "n" begins "no" and "nein" and is not counted."""
+    text = token.strip().lower().rstrip(".!,。！、")
+    if not text:
+        return False
+    if text in YES_WORDS:
+        return True
+    begins_yes = any(word.startswith(text) for word in YES_WORDS)
+    return begins_yes and not any(word.startswith(text) for word in NO_WORDS)
 
 
 def yes_probability(top: Sequence[tuple[str, float]]) -> float:

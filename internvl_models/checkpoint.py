@@ -32,6 +32,7 @@ from .device import resolve_device, resolve_dtype
 from .errors import CheckpointError, ModelError
 from .intern_vit import InternViT
 from .internvl import InternVL
+from .layers import fuse_projections
 
 log = logging.getLogger(__name__)
 
@@ -229,9 +230,10 @@ def load_internvl(
     device = resolve_device(device)
     with torch.device("meta"):
         model = InternVL(config)
-    return _load_weights(
+    model = _load_weights(
         model, directory, prefix="", device=device, dtype=resolve_dtype(dtype, device), tie=(EMBED_KEY, LM_HEAD_KEY)
     )
+    return fuse_projections(model)  # one GEMM for QLLaMA's q/k/v (and cross-attention k/v), same outputs
 
 
 def load_intern_vit(
@@ -263,9 +265,11 @@ def save_internvl(model: InternVL, config: InternVLConfig, directory: str | os.P
     state, seen = {}, set()
     for key, tensor in model.state_dict().items():
         tensor = tensor.detach().to("cpu").contiguous()
-        if tensor.data_ptr() in seen:  # safetensors refuses shared storage: the tied lm_head gets its own copy
+        # safetensors refuses shared storage: the tied lm_head, and the views of fused projections, get copies.
+        storage = tensor.untyped_storage().data_ptr()
+        if storage in seen:
             tensor = tensor.clone()
-        seen.add(tensor.data_ptr())
+        seen.add(storage)
         state[key] = tensor
     official = {**config.to_official_config(), "torch_dtype": str(model.logit_scale.dtype).removeprefix("torch.")}
     tmp = directory / "model.safetensors.tmp"

@@ -3,6 +3,10 @@
 A back end supplies three pieces — how one PIL image becomes a pixel tensor, how a batch of pixels becomes
 features, how a batch of strings becomes features — and this base class does the rest the same way for all of
 them: batching, device and dtype placement, `torch.inference_mode`, L2 normalisation and float32 numpy output.
+
+Batch sizes (memory.py): the configured sizes are upper bounds. On CUDA the image batch is lowered, once, to what
+the free memory holds (measured per item at the first call), and any forward pass that still runs out of memory is
+retried on smaller batches, which are kept. Pixels go to the GPU from pinned memory, without blocking the host.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch
 from PIL import Image
 
 from .errors import InputError
+from .memory import AdaptiveBatch, choose_batch_size, free_memory_bytes, measure_per_item_bytes
 
 Purpose = Literal["retrieval", "classification"]
 
@@ -55,6 +60,8 @@ class Encoder(ABC):
         # One forward pass at a time: ingestion threads and serving threads share one model (and one GPU), and
         # interleaved passes would only fight over memory and kernels.
         self._forward_lock = threading.Lock()
+        self._image_batches: AdaptiveBatch | None = None  # planned at the first image batch (needs its shape)
+        self._text_batches = AdaptiveBatch(text_batch_size, "text")
 
     # --- what a back end implements -------------------------------------------------------------------------
     @abstractmethod
@@ -100,15 +107,38 @@ class Encoder(ABC):
         """Already preprocessed pixels (B, 3, S, S) -> float32 (B, dim), unit rows; batches internally."""
         if pixels.ndim != 4 or pixels.shape[1] != 3:
             raise InputError(f"pixels must have shape (B, 3, H, W), got {tuple(pixels.shape)}")
-        out = []
+        if pixels.shape[0] == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
         with torch.inference_mode():
-            for start in range(0, pixels.shape[0], self.image_batch_size):
-                chunk = pixels[start : start + self.image_batch_size]
-                chunk = chunk.to(self.device, self.dtype, non_blocking=True)
+            batches = self._image_batch_plan(pixels)
+            return np.concatenate(batches.map(len(pixels), lambda a, b: self._encode_pixel_batch(pixels[a:b])))
+
+    def _encode_pixel_batch(self, chunk: torch.Tensor) -> np.ndarray:
+        if self.device.type == "cuda" and chunk.device.type == "cpu":
+            # Pinned host memory: the copy runs as DMA without blocking the host; the cast to the model's dtype
+            # happens on the device, after the copy, not on the CPU.
+            chunk = chunk.pin_memory().to(self.device, non_blocking=True)
+        chunk = chunk.to(self.device, self.dtype)
+        with self._forward_lock:
+            features = self._image_features(chunk)
+        return _unit_rows(features)
+
+    def _image_batch_plan(self, pixels: torch.Tensor) -> AdaptiveBatch:
+        """The image batch size, planned once from free device memory (CUDA) or the configured size (CPU)."""
+        if self._image_batches is None:
+            size = self.image_batch_size
+            if self.device.type == "cuda":
+
+                def probe(n: int) -> object:
+                    return self._image_features(
+                        torch.zeros((n, *pixels.shape[1:]), device=self.device, dtype=self.dtype)
+                    )
+
                 with self._forward_lock:
-                    features = self._image_features(chunk)
-                out.append(_unit_rows(features))
-        return np.concatenate(out)
+                    per_item = measure_per_item_bytes(probe, self.device)
+                size = choose_batch_size(free_memory_bytes(self.device), per_item, self.image_batch_size)
+            self._image_batches = AdaptiveBatch(size, "image")
+        return self._image_batches
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Strings in any language -> float32 (n, dim), unit rows."""
@@ -116,13 +146,16 @@ class Encoder(ABC):
             raise InputError("encode_texts takes a list of strings, not a single string")
         if len(texts) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        out = []
+        texts = list(texts)
         with torch.inference_mode():
-            for start in range(0, len(texts), self.text_batch_size):
-                with self._forward_lock:
-                    features = self._text_features(list(texts[start : start + self.text_batch_size]))
-                out.append(_unit_rows(features))
-        return np.concatenate(out)
+            return np.concatenate(self._text_batches.map(len(texts), lambda a, b: self._encode_text_batch(texts[a:b])))
+
+    def _encode_text_batch(self, texts: list[str]) -> np.ndarray:
+        # Text activations stay small next to the weights (a few hundred tokens per batch, packed by the InternVL
+        # back end), so the text batch is not planned from memory; back-off alone covers it.
+        with self._forward_lock:
+            features = self._text_features(texts)
+        return _unit_rows(features)
 
 
 def _unit_rows(features: torch.Tensor) -> np.ndarray:

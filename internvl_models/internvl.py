@@ -115,11 +115,15 @@ class InternVL(nn.Module):
         """ids (T, L) -> QLLaMA's normalised hidden states (T, L, D)."""
         return self.qllama.encode_text(input_ids)
 
-    def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def encode_text(self, input_ids: torch.Tensor, *, packed: bool = True) -> torch.Tensor:
         """ids (T, L), right-padded with 0 and ending in EOS -> (T, clip_embed_dim), not normalised.
 
-        The feature is the hidden state at sum(ids > 0) - 1, the EOS with right padding (pitfall F.3).
+        The feature is the hidden state at sum(ids > 0) - 1, the EOS with right padding (pitfall F.3). `packed`
+        runs the linear layers on the real tokens only (QLLaMA.text_features); False runs the padded batch as
+        upstream does (the benchmarks' baseline; the same features).
         """
+        if packed:
+            return self.qllama.text_features(input_ids) @ self.text_projection
         hidden = self.text_hidden_states(input_ids)  # (T, L, D)
         last = (input_ids > 0).sum(dim=1) - 1  # (T,)
         features = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (T, D)

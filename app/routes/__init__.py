@@ -2,8 +2,8 @@
 
 from fastapi import APIRouter
 
-from . import chat, classify, collections, embed, health, images, index, jobs, search, web
+from . import chat, classify, collections, embed, health, images, index, jobs, lifecycle, search, web
 
 api_router = APIRouter()
-for module in (health, collections, index, jobs, search, images, classify, embed, chat, web):
+for module in (health, collections, index, jobs, search, images, classify, embed, chat, lifecycle, web):
     api_router.include_router(module.router)

@@ -3,7 +3,7 @@
 from fastapi import APIRouter, Response
 from fastapi.concurrency import run_in_threadpool
 
-from ..deps import EngineDep, ReadKey, WriteKey
+from ..deps import AdminKey, EngineDep, ReadKey, WriteKey
 from ..errors import ErrorResponse
 from ..schemas import CollectionCreate, CollectionList, CollectionOut, collection_out
 
@@ -17,7 +17,7 @@ async def create_collection(body: CollectionCreate, engine: EngineDep) -> Collec
     """Create an empty collection bound to an encoder and its current weights (409 if the name exists)."""
     info = await run_in_threadpool(
         engine.create_collection, body.name, encoder=body.encoder, checkpoint=body.checkpoint,
-        index_kind=body.index_kind,
+        index_kind=body.index_kind, storage=body.storage,
     )  # fmt: skip
     return collection_out(info)
 
@@ -35,8 +35,8 @@ async def read_collection(name: str, engine: EngineDep) -> CollectionOut:
     return collection_out(await run_in_threadpool(engine.get_collection, name))
 
 
-@router.delete("/{name}", status_code=204, dependencies=[WriteKey], response_class=Response)
+@router.delete("/{name}", status_code=204, dependencies=[AdminKey], response_class=Response)
 async def delete_collection(name: str, engine: EngineDep) -> Response:
-    """Delete the collection with its images, index, embeddings, stored originals and jobs."""
+    """Delete the collection with its images, index, embeddings, stored originals and jobs (admin scope)."""
     await run_in_threadpool(engine.delete_collection, name)
     return Response(status_code=204)

@@ -9,7 +9,7 @@ from ..deps import EngineDep, ReadKey, WriteKey
 from ..errors import ErrorResponse
 from ..schemas import MAX_ID, JobList, JobOut, job_out
 
-ERRORS = {401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}, 404: {"model": ErrorResponse}}
+ERRORS = {code: {"model": ErrorResponse} for code in (401, 403, 404, 422)}
 Id = Annotated[int, Path(ge=1, le=MAX_ID)]
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[ReadKey], responses=ERRORS)
 
@@ -36,3 +36,10 @@ async def read_job(job_id: Id, engine: EngineDep) -> JobOut:
 async def cancel_job(job_id: Id, engine: EngineDep) -> JobOut:
     """Cancel a queued or running job; a running one stops at its next batch and keeps what it wrote."""
     return job_out(await run_in_threadpool(engine.cancel_job, job_id))
+
+
+@router.post("/{job_id}/retry", response_model=JobOut, dependencies=[WriteKey],
+             responses={409: {"model": ErrorResponse}})  # fmt: skip
+async def retry_job(job_id: Id, engine: EngineDep) -> JobOut:
+    """Run a failed job again from where it stopped (e.g. once a full disk has space again); 409 if it is done."""
+    return job_out(await run_in_threadpool(engine.retry_job, job_id))

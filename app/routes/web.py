@@ -11,7 +11,7 @@ router = APIRouter(include_in_schema=False)
 
 @router.get("/")
 def index_page() -> FileResponse:
-    """Search box, image drop, collection selector, results grid and a classify panel."""
+    """Search box, image drop, collection selector, results grid, an Ask panel (POST /v1/ask) and classify."""
     return FileResponse(WEB_DIR / "index.html", media_type="text/html")
 
 

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Numeric, and_, case, cast, false, func, or_
+from sqlalchemy import BigInteger, ColumnElement, Float, Numeric, and_, bindparam, case, cast, false, func, or_
 
 from indexer.catalog.tables import Image
 from indexer.errors import InvalidInput
@@ -109,6 +109,8 @@ def _check_scalar(key: str, op: str, value: object) -> Scalar:
     if isinstance(value, str):
         if len(value) > MAX_STRING_LENGTH:
             raise InvalidInput(f"Filter {key!r}: strings are limited to {MAX_STRING_LENGTH} characters")
+        if "\x00" in value:  # no stored string holds one (see indexer/metadata.py), and PostgreSQL refuses it
+            raise InvalidInput(f"Filter {key!r}: strings may not contain the NUL character")
         return value
     hint = " (use {'exists': false} to match a missing key)" if value is None else ""
     raise InvalidInput(f"Filter {key!r} {op!r}: values must be strings, numbers or booleans, got {_kind(value)}{hint}")
@@ -177,12 +179,18 @@ def filter_clauses(dialect: str, conditions: list[Condition]) -> list[ColumnElem
 
 def _in_clause(field: _JsonField, values: tuple[Scalar, ...]) -> ColumnElement[bool]:
     strings = [v for v in values if isinstance(v, str)]
-    numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+    integers = [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
+    floats = [v for v in values if isinstance(v, float)]
     parts: list[ColumnElement[bool]] = []
     if strings:
         parts.append(field.string.in_(strings))
-    if numbers:
-        parts.append(field.number.in_(numbers))
+    # Integers and floats go in separate, explicitly typed lists: an untyped list takes the type of its first value
+    # (so [-3, 0.5] was sent as INTEGERs and 0.5 became 0 on PostgreSQL), and one mixed list would be compared as
+    # floats, losing exactness for large integers.
+    if integers:
+        parts.append(field.number.in_(bindparam(None, integers, expanding=True, type_=BigInteger())))
+    if floats:
+        parts.append(field.number.in_(bindparam(None, floats, expanding=True, type_=Float())))
     # `is`, not `in`: 1 == True in Python, and a numeric 1 must not select JSON true.
     if any(v is True for v in values):
         parts.append(field.is_true)

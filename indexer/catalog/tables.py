@@ -31,6 +31,12 @@ INDEX_KINDS = ("auto", "flat", "hnsw", "ivf_flat", "ivf_pq")
 IMAGE_STATUSES = ("pending", "indexed", "failed", "deleted")
 JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
 JOB_ITEM_STATES = ("pending", "done", "failed", "skipped")
+# What a collection keeps of each image, so re-embedding with another encoder never needs the user to upload again:
+# the original file, a reduced copy (longer side THUMBNAIL_SIDE in indexer/storage.py), or nothing (re-fetched from
+# its source path or URL).
+STORAGE_POLICIES = ("originals", "thumbnails", "none")
+# An embedding space that is not the one serving: being built for a switch, or kept after one for a rollback.
+SPACE_ROLES = ("shadow", "previous")
 
 # Explicit constraint names keep Alembic's SQLite batch mode (which recreates tables) and the drift test
 # deterministic across both engines.
@@ -70,7 +76,11 @@ class Collection(Base):
     """A set of images embedded by one encoder; vectors of different encoders never share a collection."""
 
     __tablename__ = "collections"
-    __table_args__ = (CheckConstraint(_one_of("index_kind", INDEX_KINDS), name="index_kind"), _NO_ID_REUSE)
+    __table_args__ = (
+        CheckConstraint(_one_of("index_kind", INDEX_KINDS), name="index_kind"),
+        CheckConstraint(_one_of("storage", STORAGE_POLICIES), name="storage"),
+        _NO_ID_REUSE,
+    )
 
     id: Mapped[int] = mapped_column(ID_TYPE, primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
@@ -85,6 +95,37 @@ class Collection(Base):
     # Bumped on every change to the set of indexed vectors; a saved FAISS file records the version it was
     # built at, so start-up reconciliation can tell a stale index from a current one without scanning.
     index_version: Mapped[int] = mapped_column(BigInteger, default=0)
+    storage: Mapped[str] = mapped_column(String(16), default="originals", server_default="originals")
+    # Which files hold the serving index and embeddings (0: the collection folder itself; otherwise the folder of
+    # the EmbeddingSpace row that was built for it). Switching encoders changes it in the same transaction as the
+    # encoder columns above.
+    generation: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class EmbeddingSpace(Base):
+    """A collection's embedding space other than the serving one: a `shadow` being filled by a migration job, or
+    the `previous` one kept after a switch so that a rollback needs no re-encoding. At most one of each."""
+
+    __tablename__ = "embedding_spaces"
+    __table_args__ = (
+        UniqueConstraint("collection_id", "role"),
+        CheckConstraint(_one_of("role", SPACE_ROLES), name="role"),
+        _NO_ID_REUSE,
+    )
+
+    id: Mapped[int] = mapped_column(ID_TYPE, primary_key=True)
+    collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"))
+    role: Mapped[str] = mapped_column(String(16))
+    # Names the folder of its files; a new shadow takes its own row id, which is never reused.
+    generation: Mapped[int] = mapped_column(BigInteger)
+    encoder: Mapped[str] = mapped_column(String(200))
+    checkpoint: Mapped[str | None] = mapped_column(Text)
+    dim: Mapped[int] = mapped_column(Integer)
+    fingerprint: Mapped[str] = mapped_column(String(128))
+    # The migration job filling a shadow (SET NULL: job history may be pruned without losing the space).
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 

@@ -1,9 +1,10 @@
 """Decode: bytes -> an upright RGB image -> the encoder's pixel tensor, in a pool of threads.
 
 Every hostile input ends as a `DecodeError` whose message is the ledger reason, never as a crash: empty files,
-unknown formats, headers declaring more than `max_pixels` (refused from the header, before any pixel is decoded),
-animations with more than `max_frames` frames (only the first frame is used), truncated or corrupt data, and modes
-`to_rgb` cannot convert. Pillow and torch release the GIL while decoding and resizing, so threads scale.
+formats outside `IMAGE_FORMATS` (recognised from the content, never from a file name or Content-Type), headers
+declaring more than `max_pixels` (refused from the header, before any pixel is decoded), animations with more than
+`max_frames` frames (only the first frame is used), truncated or corrupt data, modes `to_rgb` cannot convert, and
+decodes running past `timeout_s`. Pillow and torch release the GIL while decoding and resizing, so threads scale.
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ from internvl_models.transforms import to_rgb
 
 log = logging.getLogger("internvl_search.pipeline")
 
+# The formats Pillow may parse here, recognised by their content. Pillow knows ~40 more (PSD, FITS, EPS, ...), each
+# one more parser exposed to untrusted bytes; JPEG covers camera MPO files, PPM covers PBM/PGM/PPM.
+IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "PPM", "TGA", "AVIF")
+DECODE_TIMEOUT_S = 30.0
+
 
 class DecodeError(Exception):
     """Bytes that are not a usable image; the message is the ledger reason."""
@@ -40,16 +46,53 @@ class DecodedImage:
     frames: int
 
 
-def decode_image(data: bytes, *, max_pixels: int, max_frames: int) -> DecodedImage:
+class _DecodeTimeout(Exception):
+    """Raised from inside Pillow's read loop once the decode deadline has passed."""
+
+
+class _DeadlineReader(io.BytesIO):
+    """The image bytes, refusing further reads past a deadline.
+
+    Pillow decodes chunk by chunk, reading its input as it goes (and counting frames reads every frame's blocks),
+    so checking the clock on each read stops a slow decode within one chunk of work instead of letting it run to
+    the end. Work done inside a single read is bounded by the pixel cap."""
+
+    def __init__(self, data: bytes, deadline: float) -> None:
+        super().__init__(data)
+        self.deadline = deadline
+
+    def read(self, size: int | None = -1) -> bytes:
+        if time.monotonic() > self.deadline:
+            raise _DecodeTimeout
+        return super().read(size)
+
+
+def decode_image(data: bytes, *, max_pixels: int, max_frames: int, timeout_s: float = DECODE_TIMEOUT_S) -> DecodedImage:
     """Decode the first frame of `data`; `DecodeError` with a clear reason for anything unusable."""
     if not data:
         raise DecodeError("empty file (0 bytes)")
+    start = time.monotonic()
+    source = _DeadlineReader(data, start + timeout_s)
     try:
-        image = Image.open(io.BytesIO(data))
+        decoded = _decode(source, max_pixels=max_pixels, max_frames=max_frames)
+    except _DecodeTimeout:
+        decoded = None
+    if decoded is None or time.monotonic() - start > timeout_s:
+        raise DecodeError(f"decoding took longer than the limit of {timeout_s:g} s")
+    return decoded
+
+
+def _decode(source: io.BytesIO, *, max_pixels: int, max_frames: int) -> DecodedImage:
+    try:
+        image = Image.open(source, formats=IMAGE_FORMATS)
+    except _DecodeTimeout:
+        raise
     except Image.DecompressionBombError as exc:
         raise DecodeError(f"refused as a decompression bomb: {exc}") from None
     except UnidentifiedImageError:
-        raise DecodeError("not an image: the format is not recognised") from None
+        raise DecodeError(
+            f"not an image: the format is not recognised (accepted: {', '.join(IMAGE_FORMATS)})"
+        ) from None
     except Exception as exc:  # Pillow's plugins raise many types for a mangled header
         raise DecodeError(f"unreadable image header: {type(exc).__name__}: {exc}") from None
     width, height = image.size
@@ -61,19 +104,36 @@ def decode_image(data: bytes, *, max_pixels: int, max_frames: int) -> DecodedIma
             "(refused before decoding)"
         )
     try:
-        # Counting frames parses the container only (no pixel data), so it is cheap even for long animations.
-        frames = int(getattr(image, "n_frames", 1))
+        frames = _count_frames(image, max_frames)
+    except _DecodeTimeout:
+        raise
     except Exception as exc:
         raise DecodeError(f"corrupt animation: {type(exc).__name__}: {exc}") from None
     if frames > max_frames:
-        raise DecodeError(f"animation has {frames:,} frames, more than the limit of {max_frames:,}")
+        raise DecodeError(f"animation has more than {max_frames:,} frames, the limit")
     try:
         rgb = to_rgb(image)
+    except _DecodeTimeout:
+        raise
     except InputError as exc:
         raise DecodeError(f"truncated or corrupt image data: {exc}".replace("cannot decode image: ", "")) from None
     except Exception as exc:
         raise DecodeError(f"cannot decode image: {type(exc).__name__}: {exc}") from None
     return DecodedImage(rgb, rgb.width, rgb.height, image.format, frames)
+
+
+def _count_frames(image: Image.Image, max_frames: int) -> int:
+    """The number of frames, or max_frames + 1 when there are more: an animation is only walked up to one frame
+    past the limit (Pillow's `n_frames` would walk all of them, millions in a 50 MB GIF)."""
+    if not getattr(image, "is_animated", False):
+        return 1
+    try:
+        image.seek(max_frames)  # frame index max_frames exists: there are more than max_frames
+    except EOFError:
+        image.seek(0)
+        return int(image.n_frames)
+    image.seek(0)
+    return max_frames + 1
 
 
 class ItemPreparer:
@@ -89,9 +149,11 @@ class ItemPreparer:
         max_pixels: int,
         max_frames: int,
         clock: StageClock,
+        timeout_s: float = DECODE_TIMEOUT_S,
     ) -> None:
         self.fetch, self.find_indexed, self.preprocess = fetch, find_indexed, preprocess
         self.keep_original, self.max_pixels, self.max_frames, self.clock = keep_original, max_pixels, max_frames, clock
+        self.timeout_s = timeout_s
 
     def __call__(self, position: int, spec: Any) -> Prepared | Settled:
         """The item ready to embed, or its settled outcome. Errors of the item itself (unreadable, not an image)
@@ -112,7 +174,9 @@ class ItemPreparer:
             return Settled(position, "skipped", f"duplicate of image {existing}", existing)
         start = time.perf_counter()
         try:
-            decoded = decode_image(data, max_pixels=self.max_pixels, max_frames=self.max_frames)
+            decoded = decode_image(
+                data, max_pixels=self.max_pixels, max_frames=self.max_frames, timeout_s=self.timeout_s
+            )
             pixels = self.preprocess(decoded.image)
         except DecodeError as exc:
             return Settled(position, "failed", str(exc))

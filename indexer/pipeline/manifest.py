@@ -11,11 +11,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from indexer.errors import InvalidInput
+from indexer.metadata import check_metadata
 from indexer.pipeline.flow import ItemSpec
 from indexer.pipeline.paths import SourceError, is_directory, read_file
 
@@ -84,11 +86,13 @@ def _manifest_rows(text: str) -> Iterator[tuple[int, Any]]:
 
 def _csv_value(cell: str) -> Any:
     # CSV has no types; numbers become numbers so that range filters ({"year": {"gte": 2000}}) work on them.
+    # "nan" and "inf" stay text: JSON (and so the catalog) has no such numbers.
     for convert in (int, float):
         try:
-            return convert(cell)
+            value = convert(cell)
         except ValueError:
-            pass
+            continue
+        return cell if isinstance(value, float) and not math.isfinite(value) else value
     return cell
 
 
@@ -104,6 +108,12 @@ def _row_toItemSpec(row: Any, base: Path | None, line_no: int, inherited: dict[s
     meta = {**inherited, **{k: v for k, v in row.items() if k not in (*LOCATION_KEYS, "metadata")}}
     if isinstance(nested, dict):
         meta.update(nested)
+    try:
+        meta = check_metadata(meta, f"{where} metadata")
+    except InvalidInput as exc:
+        return ItemSpec("invalid", where, reason=str(exc))
+    if len(location) > 4096 or "\x00" in location:
+        return ItemSpec("invalid", where, reason="a path or URL must be at most 4,096 characters without NUL")
     if location.startswith(("http://", "https://")) or "://" in location:
         return ItemSpec("url", location, meta=meta)
     path = Path(location)

@@ -98,6 +98,7 @@ def is_directory(raw: str, roots: Sequence[Path]) -> Path | None:
     """The real path when `raw` is an allowed directory; None for anything else (its read reports why)."""
     try:
         real = resolve_allowed(raw, roots)
-    except SourceError:
+        # Path.is_dir() swallows only some errors; a name too long for the filesystem raises.
+        return real if stat.S_ISDIR(os.stat(real).st_mode) else None
+    except (SourceError, OSError, ValueError):
         return None
-    return real if real.is_dir() else None

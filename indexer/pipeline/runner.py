@@ -24,7 +24,7 @@ from indexer.pipeline.embed import embed_batch
 from indexer.pipeline.flow import ItemSpec, Prepared, Settled, StageClock, ordered_map
 from indexer.pipeline.sources import Fetcher
 from indexer.pipeline.write import BatchResult, BatchWriter
-from indexer.storage import OriginalStore
+from indexer.storage import OriginalStore, reduced_copy
 from internvl_models import Encoder
 
 # Ledger rows per query; settled items (failures, duplicates) that flush a batch early, so progress shows.
@@ -51,7 +51,7 @@ class PipelineRun:
 def run_pipeline(run: PipelineRun) -> tuple[StageClock, bool]:
     """Process the job's pending items; returns the stage times and whether every item was reached."""
     clock, config = StageClock(), run.config
-    kept = UncommittedOriginals(run.live.files.originals) if config.store_originals else None
+    kept = _kept_files(run)
     preparer = ItemPreparer(
         run.fetcher.fetch,
         lambda sha: _find_indexed(run, sha),
@@ -60,6 +60,7 @@ def run_pipeline(run: PipelineRun) -> tuple[StageClock, bool]:
         max_pixels=config.max_image_pixels,
         max_frames=config.max_frames,
         clock=clock,
+        timeout_s=config.decode_timeout_s,
     )
     writer = BatchWriter(run.sessions, run.live, run.live.embeddings(), run.job_id, clock)
     batch, workers = config.image_batch_size, config.decode_workers
@@ -81,16 +82,26 @@ def run_pipeline(run: PipelineRun) -> tuple[StageClock, bool]:
             kept.sweep(run.sessions, run.live.id)
 
 
-class UncommittedOriginals:
-    """Stores originals for the decode threads and remembers those whose batch has not been committed yet."""
+def _kept_files(run: PipelineRun) -> UncommittedOriginals | None:
+    """What the collection's storage policy keeps of each image: the original, a reduced copy, or nothing."""
+    if run.live.storage == "none":
+        return None
+    return UncommittedOriginals(run.live.files.originals, reduced_copy if run.live.storage == "thumbnails" else None)
 
-    def __init__(self, store: OriginalStore) -> None:
+
+class UncommittedOriginals:
+    """Stores originals (or what `transform` makes of them) for the decode threads, and remembers those whose batch
+    has not been committed yet."""
+
+    def __init__(self, store: OriginalStore, transform: Callable[[bytes], bytes] | None = None) -> None:
         self.store = store
+        self.transform = transform
         self._shas: set[str] = set()
         self._lock = threading.Lock()
 
     def put(self, sha256: str, data: bytes) -> None:
-        self.store.put(sha256, data)
+        # Filed under the original's hash even when reduced: the catalog row and dedup know only that one.
+        self.store.put(sha256, data if self.transform is None else self.transform(data))
         with self._lock:
             self._shas.add(sha256)
 

@@ -4,23 +4,74 @@ Each hop: http/https only; the host is resolved once and every address it resolv
 private, link-local including the metadata address 169.254.169.254, multicast, reserved, unspecified, and IPv6
 forms embedding an IPv4 address: IPv4-mapped, 6to4, Teredo, NAT64); the connection goes to that checked address
 (the name travels in the Host header and TLS SNI, so certificates are still verified against it), which defeats DNS
-rebinding between check and connect. Redirects are followed by hand so each location is checked again. Timeouts
-bound the connect, each read and the whole download; the size cap holds on the bytes as they arrive."""
+rebinding between check and connect. An operator's allow-list of networks (`allowed_networks`) admits named
+internal ranges without opening all of them. Redirects are followed by hand so each location is checked again.
+Timeouts bound the connect, each read and the whole download; the size cap holds on the bytes as they arrive. The
+bytes' type is never taken from the Content-Type header: decoding recognises the format from the content.
+
+Name resolution goes through `resolver` (the system's by default); tests and deployments with their own DNS policy
+pass another one, and every address it returns is checked the same way."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
+import ssl
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urljoin
 
 import httpx
 
+from indexer.config import EngineConfig
 from indexer.pipeline.paths import SourceError
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _METADATA = ipaddress.ip_address("169.254.169.254")
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+# (host, port) -> every address the name resolves to, as text ("10.0.0.1", "fe80::1%eth0", ...).
+Resolver = Callable[[str, int], Sequence[str]]
+
+
+def system_resolver(host: str, port: int) -> list[str]:
+    """The operating system's resolver (getaddrinfo), TCP addresses only."""
+    return [info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
+
+
+def parse_networks(networks: Iterable[str | IPNetwork]) -> tuple[IPNetwork, ...]:
+    """CIDR strings ("10.1.0.0/16", "fd00::/8", a bare address) as networks; ValueError names a bad one."""
+    parsed = []
+    for network in networks:
+        try:
+            parsed.append(ipaddress.ip_network(network, strict=False))
+        except ValueError:
+            raise ValueError(f"{network!r} is not an IP network (e.g. 10.1.0.0/16 or fd00::/8)") from None
+    return tuple(parsed)
+
+
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    """One verifying TLS context for every Downloader: loading the CA bundle costs ~0.1 s, and a query by image URL
+    makes a Downloader per request. Contexts are safe to share between threads."""
+    return httpx.create_ssl_context()
+
+
+def _is_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]").split("%")[0])
+    except ValueError:
+        return False
+    return True
+
+
+def _in_networks(ip: IPAddress, networks: Sequence[IPNetwork]) -> bool:
+    # An IPv4-mapped IPv6 address is the IPv4 address for this purpose, as it is for the refusal rules.
+    candidates = [ip] + ([ip.ipv4_mapped] if ip.version == 6 and ip.ipv4_mapped else [])
+    return any(c in net for c in candidates for net in networks if c.version == net.version)
 
 
 def address_refusal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
@@ -59,16 +110,21 @@ class Downloader:
         total_timeout_s: float = 60.0,
         max_redirects: int = 5,
         max_bytes: int = 50 * 2**20,
+        allowed_networks: Iterable[str | IPNetwork] = (),
+        resolver: Resolver = system_resolver,
     ) -> None:
         self.allow_private = allow_private
+        self.allowed_networks = parse_networks(allowed_networks)
+        self.resolver = resolver
         self.total_timeout_s = total_timeout_s
         self.max_redirects = max_redirects
         self.max_bytes = max_bytes
         timeout = httpx.Timeout(connect=connect_timeout_s, read=read_timeout_s, write=read_timeout_s, pool=60.0)
         # trust_env=False: a proxy from the environment would connect to the *name* and undo the address check.
         self._client = httpx.Client(
-            timeout=timeout, follow_redirects=False, trust_env=False, headers={"User-Agent": "internvl-search"}
-        )
+            timeout=timeout, follow_redirects=False, trust_env=False, headers={"User-Agent": "internvl-search"},
+            verify=_ssl_context(),
+        )  # fmt: skip
 
     def close(self) -> None:
         self._client.close()
@@ -111,18 +167,22 @@ class Downloader:
 
     def _resolve(self, host: str, port: int) -> str:
         try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except (socket.gaierror, UnicodeError) as exc:
+            # An address literal needs no resolver (and must not be handed to one that might map it elsewhere).
+            found = [host.strip("[]")] if _is_literal(host) else self.resolver(host, port)
+            addresses = list(dict.fromkeys(ipaddress.ip_address(a.split("%")[0]) for a in found))
+        except (OSError, UnicodeError, ValueError) as exc:  # socket.gaierror is an OSError
             raise SourceError(f"cannot resolve host {host!r}: {exc}") from None
-        addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos))
         if not addresses:
             raise SourceError(f"host {host!r} has no address")
         if not self.allow_private:
             # Every address must pass, or a name with one public and one private record could be steered.
             for ip in addresses:
-                reason = address_refusal(ip)
+                reason = None if _in_networks(ip, self.allowed_networks) else address_refusal(ip)
                 if reason:
-                    raise SourceError(f"refused: host {host!r} resolves to {reason} ({ip}); private URLs are disabled")
+                    raise SourceError(
+                        f"refused: host {host!r} resolves to {reason} ({ip}); private URLs are disabled and no "
+                        "allowed network contains it"
+                    )
         return str(addresses[0])
 
     def _read(self, response: httpx.Response, deadline: float) -> bytes:
@@ -138,6 +198,20 @@ class Downloader:
                 raise SourceError(f"download took longer than {self.total_timeout_s:g} s")
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def downloader_for(config: EngineConfig, resolver: Resolver | None = None) -> Downloader:
+    """A `Downloader` with the engine's URL policy (ingestion, query images and chat `image_url` share it)."""
+    return Downloader(
+        allow_private=config.allow_private_urls,
+        connect_timeout_s=config.url_connect_timeout_s,
+        read_timeout_s=config.url_read_timeout_s,
+        total_timeout_s=config.url_total_timeout_s,
+        max_redirects=config.url_max_redirects,
+        max_bytes=config.max_source_bytes,
+        allowed_networks=config.url_allowed_networks,
+        resolver=resolver or system_resolver,
+    )
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,10 @@ Sizing (n = number of vectors the index is built for):
   at least 624 vectors), plus an 8-bit scalar-quantised copy of each vector to re-rank PQ_REFINE_FACTOR·k candidates. PQ codes alone
   reach a recall@10 near 0.6 on CLIP-like data; with the re-rank it is above 0.9 at 1.25·d bytes per vector
   instead of 4·d.
-- HNSW: M = 32 links per node, efConstruction = 80, efSearch = 128 (raised when k is larger).
+- HNSW: M = 32 links per node; efConstruction and efSearch grow with the number of vectors indexed (`hnsw_ef_search`,
+  `hnsw_ef_construction`), because a graph over more vectors needs a wider search for the same recall: on the
+  clustered d=64 data of bench/search.py, efSearch 128 gives recall@10 0.96 at 100k but 0.76 at 1M. The values in
+  force are kept in `params` (raised before each add and after loading); explicit ones are never changed.
 - Training uses a seeded random sample of up to 64 points per centroid, so builds are reproducible.
 
 A filtered search at selectivity s (allowed / indexed vectors) starts at efSearch/s (HNSW) or nprobe/s (IVF, at
@@ -37,8 +40,17 @@ AUTO_FLAT_MAX = 50_000
 AUTO_HNSW_MAX = 2_000_000
 
 HNSW_M = 32
-HNSW_EF_CONSTRUCTION = 80
+HNSW_EF_CONSTRUCTION = 80  # at and below HNSW_SIZING_FROM vectors
 HNSW_EF_SEARCH = 128
+# Beyond this many vectors efSearch grows as (n / HNSW_SIZING_FROM) ** HNSW_EF_SEARCH_GROWTH, efConstruction as
+# ** HNSW_EF_CONSTRUCTION_GROWTH, each capped (bench/RESULTS.md, "HNSW at 1M", has the measurements behind them).
+HNSW_SIZING_FROM = 100_000
+HNSW_EF_SEARCH_GROWTH = 0.75
+HNSW_EF_SEARCH_MAX = 1024
+HNSW_EF_CONSTRUCTION_GROWTH = 0.0
+HNSW_EF_CONSTRUCTION_MAX = 256
+# What HNSW stores saved before the size rules recorded in their params; such a store gets the rules on loading.
+_HNSW_LEGACY_PARAMS = {"M": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION, "ef_search": HNSW_EF_SEARCH}
 TRAIN_POINTS_PER_CENTROID = 64
 MIN_POINTS_PER_LIST = 39
 MAX_NLIST = 65_536
@@ -82,6 +94,27 @@ def choose_pq_nbits(n: int) -> int:
     return min(PQ_MAX_NBITS, fits)
 
 
+def _grown(base: int, n: int, growth: float, cap: int) -> int:
+    """base x (n / HNSW_SIZING_FROM) ** growth, rounded up to a multiple of 16, within [base, cap]."""
+    if n <= HNSW_SIZING_FROM or growth <= 0:
+        return base
+    value = math.ceil(base * (n / HNSW_SIZING_FROM) ** growth / 16) * 16
+    return max(base, min(cap, value))
+
+
+def hnsw_ef_search(n: int) -> int:
+    """efSearch for an HNSW graph over n vectors."""
+    return _grown(HNSW_EF_SEARCH, n, HNSW_EF_SEARCH_GROWTH, HNSW_EF_SEARCH_MAX)
+
+
+def hnsw_ef_construction(n: int) -> int:
+    """efConstruction for vectors added to a graph that will then hold n vectors."""
+    return _grown(HNSW_EF_CONSTRUCTION, n, HNSW_EF_CONSTRUCTION_GROWTH, HNSW_EF_CONSTRUCTION_MAX)
+
+
+_HNSW_SIZE_RULES = {"ef_search": hnsw_ef_search, "ef_construction": hnsw_ef_construction}
+
+
 def ladder(start: int, cap: int, rungs: int) -> list[int]:
     """start, 4·start, 16·start, ... (`rungs` values at most), each at most `cap`, without repeats."""
     values = [min(cap, start * 4**rung) for rung in range(rungs)]
@@ -105,14 +138,31 @@ class HNSWStore(FaissStore):
 
     def __init__(self, dim: int, params: Mapping[str, Any] | None = None) -> None:
         super().__init__(dim, params)
+        if "sized" not in self.params:
+            legacy = all(self.params.get(k) == v for k, v in _HNSW_LEGACY_PARAMS.items())
+            # The efforts the size rules maintain: those not given explicitly (all of them for a legacy store).
+            self.params["sized"] = sorted(k for k in _HNSW_SIZE_RULES if legacy or k not in self.params)
         self.params.setdefault("M", HNSW_M)
-        self.params.setdefault("ef_construction", HNSW_EF_CONSTRUCTION)
-        self.params.setdefault("ef_search", HNSW_EF_SEARCH)
+        self._size_efforts(0)
+
+    def _size_efforts(self, n: int) -> None:
+        for key in self.params["sized"]:
+            self.params[key] = _HNSW_SIZE_RULES[key](n)
 
     def _build_index(self, vectors: np.ndarray) -> faiss.Index:
         graph = faiss.IndexHNSWFlat(self.dim, int(self.params["M"]), faiss.METRIC_INNER_PRODUCT)
-        graph.hnsw.efConstruction = int(self.params["ef_construction"])
         return faiss.IndexIDMap2(graph)
+
+    def _add_to_index(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        # Sized for the graph as it will be after this add, so a collection grown one batch at a time gets the
+        # same efConstruction for its later vectors as one built at once.
+        self._size_efforts(self._indexed_count() + len(ids))
+        faiss.downcast_index(self._index.index).hnsw.efConstruction = int(self.params["ef_construction"])
+        self._index.add_with_ids(vectors, ids)
+
+    def restore(self, header: Mapping[str, Any], sections: Mapping[str, memoryview]) -> None:
+        super().restore(header, sections)
+        self._size_efforts(self._indexed_count())
 
     def _efforts(self, k: int, selectivity: float) -> list[int]:
         """efSearch values: the configured one scaled by 1/selectivity, then x4 three times (at most every node)."""

@@ -1,6 +1,6 @@
 """Held-out evaluation of a shapes-world chat checkpoint through the public inference path.
 
-    python -m internvl_models.shapes_world.evaluate_chat DIR [--n 700] [--seed 0] [--split test]
+    python -m internvl_models.shapes_world.evaluate_chat DIR [--n 420] [--seed 0] [--split test]
 
 The checkpoint is loaded with `load_chat_model` and `transformers.AutoTokenizer`; each question becomes the prompt
 `build_query` makes (the checkpoint's template, its tiles per image from `image_to_tiles`), the model generates
@@ -142,7 +142,7 @@ def run_all(runner: ChatRunner, items: Sequence[tuple[Sequence[Image.Image], str
 def evaluate_chat(
     directory: str | Path,
     *,
-    n: int = 700,
+    n: int = 420,
     seed: int = 0,
     split: str = "test",
     batch_size: int = 32,
@@ -174,7 +174,7 @@ def evaluate_chat(
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint", help="chat checkpoint directory")
-    parser.add_argument("--n", type=int, default=700, help="held-out questions (kinds and languages balanced)")
+    parser.add_argument("--n", type=int, default=420, help="held-out questions (kinds and languages balanced)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--split", default="test", choices=("val", "test"))
     parser.add_argument("--batch-size", type=int, default=32)

@@ -26,6 +26,7 @@ LANGUAGES = ("en", "zh", "ja", "de", "fr", "es")
 RETRIEVAL_FLOORS = {"R@1": 0.70, "R@5": 0.92, "gap_to_en": 0.05, "top1": 0.70}
 CHAT_FLOORS = {"colour": 0.75, "shape": 0.75, "existence": 0.75, "count": 0.70, "position": 0.60,
                "multi_image": 0.70}  # fmt: skip
+CHAT_IOU_RATE, CHAT_LOOK_GAIN = 0.40, 0.4
 
 
 def host_summary() -> dict[str, Any]:
@@ -160,6 +161,20 @@ def retrieval_section(directory: Path) -> list[str]:
     return lines
 
 
+def chat_misses(report: dict[str, Any]) -> list[str]:
+    """The chat floors `report` (an evaluate_chat report) misses, one phrase each."""
+    out = [f"{kind} {report['accuracy'][kind]} (floor {floor})" for kind, floor in CHAT_FLOORS.items()
+           if report["accuracy"][kind] < floor]  # fmt: skip
+    grounding = report["grounding"]
+    if grounding["well_formed"] < 1.0:
+        out.append(f"well-formed boxes {grounding['well_formed']:.0%} (floor 100%)")
+    if grounding["iou_at_0.5"] < CHAT_IOU_RATE:
+        out.append(f"boxes with IoU >= 0.5 {grounding['iou_at_0.5']:.0%} (floor {CHAT_IOU_RATE:.0%})")
+    out += [f"{kind} gain over blank images {v['gain']} (floor {CHAT_LOOK_GAIN})"
+            for kind, v in report["looks_at_image"].items() if v["gain"] < CHAT_LOOK_GAIN]  # fmt: skip
+    return out
+
+
 def chat_section(directory: Path) -> list[str]:
     log, report = _read(directory / LOG_FILE), _read(directory / EVAL_FILE)
     if log is None or report is None:
@@ -183,7 +198,10 @@ def chat_section(directory: Path) -> list[str]:
     rows = [[kind, accuracy[kind], CHAT_FLOORS.get(kind, "")] for kind in sorted(accuracy)]
     lines += _table(["kind", "accuracy", "floor"], rows)
     grounding, looks = report["grounding"], report["looks_at_image"]
+    misses = chat_misses(report)
     lines += [
+        "",
+        "**Below the floors:** " + "; ".join(misses) + "." if misses else "Every floor of the chat model is met.",
         "",
         f"Grounding: {grounding['well_formed']:.0%} of boxes well formed, IoU >= 0.5 for "
         f"{grounding['iou_at_0.5']:.0%} (floor 40%), mean IoU {grounding['mean_iou']}.",

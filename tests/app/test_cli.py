@@ -38,7 +38,8 @@ def test_every_command_has_help() -> None:
     for path in paths:
         result = run_cli(*path, "--help")
         assert result.returncode == 0, (path, result.stderr)
-        assert "Usage:" in result.stdout and path[-1] in result.stdout
+        # `bench` hands its arguments to the benchmark suite's own argparse parser ("usage:")
+        assert "usage:" in result.stdout.lower() and path[-1] in result.stdout
 
 
 def test_version() -> None:

@@ -18,8 +18,12 @@ from chat_factory import SCRIPT_TEXT, YES_PROBABILITY, make_tiny_chat_checkpoint
 from fastapi.testclient import TestClient
 from test_routes_search import make_client
 
+from indexer.chat import ChatOptions
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "indexer"))
 from hostile import image_bytes  # noqa: E402
+
+W = ChatOptions().rerank_weight  # the default weight of P(yes) in rerank scores
 
 SIZES = [(40, 30), (64, 20), (30, 50), (44, 44)]
 
@@ -63,7 +67,7 @@ def test_ask_maps_citations_and_boxes_to_the_retrieved_images(client: TestClient
     assert sorted(retrieved) == sorted(ids)
     for r in answer["retrieved"]:
         assert r["chat_score"] == pytest.approx(YES_PROBABILITY, abs=1e-3)
-        assert r["rerank_score"] == pytest.approx(0.8 * r["chat_score"] + 0.2 * r["retrieval_score"])
+        assert r["rerank_score"] == pytest.approx(W * r["chat_score"] + (1 - W) * r["retrieval_score"])
     # The prompt holds the 4 best reranked images (max_images 4) as Image-1..4; "Image-2" is the second of them.
     prompt = [(p["label"], p["image_id"]) for p in answer["images"]]
     assert [label for label, _ in prompt] == ["Image-1", "Image-2", "Image-3", "Image-4"]
@@ -115,7 +119,7 @@ def test_search_rerank_chat_returns_both_scores(client: TestClient, ids: list[in
     scores = [hit["rerank_score"] for hit in reranked]
     assert scores == sorted(scores, reverse=True)
     for hit in reranked:
-        assert hit["rerank_score"] == pytest.approx(0.8 * hit["chat_score"] + 0.2 * hit["score"])
+        assert hit["rerank_score"] == pytest.approx(W * hit["chat_score"] + (1 - W) * hit["score"])
 
 
 def chat(client: TestClient, content: object, **extra: object):  # noqa: ANN201 - httpx.Response
@@ -213,6 +217,8 @@ def test_bad_completion_requests_are_4xx(client: TestClient, body: dict, status:
     [
         ("http://127.0.0.1:9/cat.png", 422, "loopback"),
         ("http://10.0.0.1/cat.png", 422, "private"),
+        ("http://169.254.169.254/latest/meta-data/", 422, "metadata"),
+        ("http://[::ffff:127.0.0.1]:9/cat.png", 422, "loopback"),
         ("ftp://example.org/cat.png", 422, "image_url must be"),
         ("cat.png", 422, "image_url must be"),
         ("data:image/png;base64,%%%", 422, "base64"),

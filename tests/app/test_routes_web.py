@@ -44,6 +44,17 @@ def test_page_script_calls_only_documented_routes(client: TestClient) -> None:
         assert f'id="{element}"' in page
 
 
+def test_ask_script_calls_only_documented_routes(client: TestClient) -> None:
+    """The Ask panel (ask.js, loaded after app.js) posts to /v1/ask and loads images through the URLs it returns."""
+    page = client.get("/").text
+    assert page.index('src="/web/app.js"') < page.index('src="/web/ask.js"')  # ask.js uses app.js's helpers
+    called = set(JS_ROUTE.findall(client.get("/web/ask.js").text))
+    assert called == {"/v1/ask"} and called <= set(client.get("/openapi.json").json()["paths"])
+    for element in ("ask-form", "question", "ask-threshold", "ask-status", "ask-answer", "ask-figures", "ask-images"):
+        assert f'id="{element}"' in page
+    assert '<label class="visually-hidden" for="question">' in page
+
+
 def test_missing_asset_is_404_in_the_error_schema(client: TestClient) -> None:
     response = client.get("/web/nothing.js")
     assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"

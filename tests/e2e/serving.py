@@ -27,6 +27,15 @@ def free_port() -> int:
 def serve(data_dir: Path, *, ready_path: str = "/readyz", timeout_s: float = 90, **settings: str) -> Iterator[str]:
     """Run the service (settings as INTERNVL_SEARCH_<NAME>) until the block ends; yields its base URL once
     `ready_path` answers 200. The developer's own INTERNVL_SEARCH_* variables never leak in."""
+    with serve_process(data_dir, ready_path=ready_path, timeout_s=timeout_s, **settings) as (_, base):
+        yield base
+
+
+@contextmanager
+def serve_process(
+    data_dir: Path, *, ready_path: str = "/readyz", timeout_s: float = 90, **settings: str
+) -> Iterator[tuple[subprocess.Popen, str]]:
+    """`serve`, yielding the server process too (for tests that signal it); stopped at the end if still running."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("INTERNVL_SEARCH_")}
     env |= {"INTERNVL_SEARCH_DATA_DIR": str(data_dir), "INTERNVL_SEARCH_PORT": str(port)}
@@ -46,7 +55,8 @@ def serve(data_dir: Path, *, ready_path: str = "/readyz", timeout_s: float = 90,
             time.sleep(0.2)
         else:
             pytest.fail(f"server did not answer {ready_path} within {timeout_s:.0f} s")
-        yield base
+        yield proc, base
     finally:
-        proc.terminate()
+        if proc.poll() is None:
+            proc.terminate()
         proc.wait(timeout=30)

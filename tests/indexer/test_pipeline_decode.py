@@ -44,7 +44,7 @@ def test_exif_orientation_modes_and_first_frame() -> None:
     assert (rotated.width, rotated.height) == (20, 40)
     gif = decode_image(animated_gif(3), **LIMITS)
     assert gif.frames == 3 and gif.image.getpixel((0, 0)) == pytest.approx((0, 255, 0), abs=8)
-    with pytest.raises(DecodeError, match="12 frames, more than the limit of 5"):
+    with pytest.raises(DecodeError, match="more than 5 frames"):
         decode_image(animated_gif(12), **LIMITS)
     for mode in ("L", "LA", "RGBA", "P", "I", "F", "1", "CMYK", "I;16"):
         out = io.BytesIO()
@@ -69,7 +69,7 @@ def test_preparer_turns_every_error_into_a_settled_item() -> None:
     prepare = _preparer(fetch)
     assert isinstance(prepare(0, ItemSpec("path", "good")), Prepared)
     assert prepare(1, ItemSpec("path", "missing")) == Settled(1, "failed", "no such file")
-    assert prepare(2, ItemSpec("path", "junk")).reason == "not an image: the format is not recognised"
+    assert prepare(2, ItemSpec("path", "junk")).reason.startswith("not an image: the format is not recognised")
     assert prepare(3, ItemSpec("path", "boom")).reason == "unexpected error: RuntimeError: a bug somewhere"
     duplicate = _preparer(fetch, find=lambda sha: 42)(4, ItemSpec("path", "good"))
     assert duplicate == Settled(4, "skipped", "duplicate of image 42", 42)

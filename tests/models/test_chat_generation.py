@@ -120,6 +120,8 @@ def test_yes_probability_reads_yes_tokens() -> None:
     assert yes_probability([("Yes", np.log(0.5)), (" yes", np.log(0.2)), ("No", np.log(0.3))]) == pytest.approx(0.7)
     assert yes_probability([("是", np.log(0.6)), ("yesterday", np.log(0.4))]) == pytest.approx(0.6)
     assert yes_probability([]) == 0.0
+    # a vocabulary that splits "yes": the piece that can only begin a yes counts, one that may begin a no does not
+    assert yes_probability([("y", np.log(0.6)), ("n", np.log(0.3)), ("no", np.log(0.1))]) == pytest.approx(0.6)
 
 
 def test_citations_and_boxes_are_read_from_an_answer() -> None:

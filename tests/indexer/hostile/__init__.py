@@ -86,28 +86,15 @@ def exif_rotated_jpeg() -> bytes:
 
 
 def hostile_corpus(directory: Path) -> dict[str, str | None]:
-    """Write the hostile files; returns name -> expected failure reason fragment (None: must succeed)."""
+    """Write the hostile-image corpus (hostile/images.py); returns name -> expected failure reason fragment (None:
+    must be indexed). Expects max_frames=5."""
+    from .images import hostile_images
+
     directory.mkdir(parents=True, exist_ok=True)
-    jpeg = image_bytes("red", (64, 64), "JPEG", seed=1)
-    sixteen = io.BytesIO()
-    Image.fromarray(np.arange(32 * 24, dtype=np.uint16).reshape(24, 32) * 80).save(sixteen, "PNG")
-    cmyk = io.BytesIO()
-    Image.new("CMYK", (30, 20), (0, 255, 255, 0)).save(cmyk, "JPEG")
-    files = {
-        "empty.jpg": (b"", "empty file"),
-        "truncated.jpg": (jpeg[: len(jpeg) // 2], "truncated"),
-        "bomb.png": (png_declaring(100_000, 100_000), "decompression bomb"),
-        "big_header.png": (png_declaring(9_000, 9_000), "refused before decoding"),
-        "text.jpg": (b"this is not an image, just text\n" * 10, "not an image"),
-        "cmyk.jpg": (cmyk.getvalue(), None),
-        "sixteen_bit.png": (sixteen.getvalue(), None),
-        "animated.gif": (animated_gif(3), None),
-        "too_many_frames.gif": (animated_gif(12), "frames"),
-        "rotated.jpg": (exif_rotated_jpeg(), None),
-    }
-    for name, (data, _) in files.items():
+    corpus = hostile_images()
+    for name, (data, _) in corpus.items():
         (directory / name).write_bytes(data)
-    return {name: reason for name, (_, reason) in files.items()}
+    return {name: reason for name, (_, reason) in corpus.items()}
 
 
 @contextmanager

@@ -1,11 +1,18 @@
-"""Run (or resume) one ingestion job and SIGKILL this very process at a chosen point; used by test_jobs_resume.
+"""Run (or resume) one ingestion job and SIGKILL this very process at a chosen point; used by test_jobs_resume and
+test_crash_safety.
 
-    python crash_ingest.py DATA_DIR DB_URL CHECKPOINT IMAGES --kill-at encode:2|embeddings:2|committed:8|never
+    python crash_ingest.py DATA_DIR DB_URL CHECKPOINT IMAGES --kill-at KIND:N [--save-interval S]
 
-`encode:N` dies as the N-th encoder batch of this run starts; `embeddings:N` right after the N-th embedding shard
-is durable but before its transaction commits; `committed:N` once N items of this run are settled and committed
-(before the throttled index save). The kill is a real SIGKILL: no finally blocks, no atexit, no flush.
-Everything is passed as arguments; nothing is read from the environment.
+KIND:N is one of
+  encode:N       as the N-th encoder batch of this run starts;
+  original:N     right after the N-th original image is stored (in a decode thread, ahead of its batch's commit);
+  embeddings:N   right after the N-th embedding shard is durable, before its transaction commits;
+  commit:N       inside the N-th batch transaction, everything written, just before COMMIT;
+  committed:N    once N items of this run are settled and committed (before the throttled index save);
+  save:N         half-way through writing the N-th index file save (the temporary file, before its rename);
+  never          runs to the end.
+The kill is a real SIGKILL: no finally blocks, no atexit, no flush. Everything is passed as arguments; nothing is
+read from the environment.
 """
 
 from __future__ import annotations
@@ -14,9 +21,13 @@ import argparse
 import os
 import signal
 import sys
+import tempfile
+import threading
 from pathlib import Path
 
 from indexer import Engine, EngineConfig, IngestItem, NotFound
+from indexer.catalog import repo
+from indexer.storage import OriginalStore
 from indexer.vector_store import EmbeddingStore
 
 
@@ -24,11 +35,49 @@ def die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _die_after(function, limit: int):  # noqa: ANN001, ANN202
+    """`function`, killing the process right after its `limit`-th call returns (calls may come from any thread)."""
+    calls = [0]
+    lock = threading.Lock()
+
+    def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        result = function(*args, **kwargs)
+        with lock:
+            calls[0] += 1
+            if calls[0] == limit:
+                die()
+        return result
+
+    return wrapper
+
+
+def _die_mid_save(limit: int) -> None:
+    """Kill during the `limit`-th index save, after half of the new file's bytes reached its temporary file."""
+    from indexer.vector_store import base
+
+    atomic_write, saves = base.atomic_write, [0]
+
+    def half_then_die(path: Path, chunks) -> None:  # noqa: ANN001
+        if path.suffix != ".ivs":
+            return atomic_write(path, chunks)
+        saves[0] += 1
+        if saves[0] < limit:
+            return atomic_write(path, chunks)
+        data = b"".join(bytes(c) for c in chunks)
+        fd, _ = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.write(fd, data[: len(data) // 2])
+        os.fsync(fd)
+        die()
+
+    base.atomic_write = half_then_die
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     for name in ("data_dir", "db_url", "checkpoint", "images"):
         parser.add_argument(name)
     parser.add_argument("--kill-at", default="never")
+    parser.add_argument("--save-interval", type=float, default=3600.0)
     args = parser.parse_args()
     where, _, count = args.kill_at.partition(":")
     limit = int(count or 0)
@@ -41,7 +90,7 @@ def main() -> None:
         allowed_roots=(Path(args.images).resolve(),),
         image_batch_size=4,
         decode_workers=2,
-        index_save_interval_s=3600.0,  # the saved index lags the catalog, as after a real crash
+        index_save_interval_s=args.save_interval,  # 3600: the saved index lags the catalog, as after a real crash
     )
     engine = Engine(config).open(resume_jobs=False)
     try:
@@ -64,15 +113,13 @@ def main() -> None:
 
         encoder.encode_pixels = encode
     elif where == "embeddings":
-        append = EmbeddingStore.append
-
-        def append_then_die(self, ids, vectors) -> None:  # noqa: ANN001
-            append(self, ids, vectors)
-            calls[0] += 1
-            if calls[0] == limit:
-                die()
-
-        EmbeddingStore.append = append_then_die
+        EmbeddingStore.append = _die_after(EmbeddingStore.append, limit)
+    elif where == "original":
+        OriginalStore.put = _die_after(OriginalStore.put, limit)
+    elif where == "commit":
+        repo.record_item_outcomes = _die_after(repo.record_item_outcomes, limit)
+    elif where == "save":
+        _die_mid_save(limit)
     before = engine.get_job(job_id).processed
 
     def progress(info) -> None:  # noqa: ANN001 - called after each committed batch
