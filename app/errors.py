@@ -76,6 +76,7 @@ DOMAIN_ERRORS: list[tuple[type[Exception], int, str]] = [
     (engine_errors.UpstreamTimeout, 504, "upstream_timeout"),
     (engine_errors.UpstreamError, 502, "upstream_error"),
     (engine_errors.ChatUnavailable, 503, "chat_unavailable"),
+    (engine_errors.SpaceChanged, 409, "space_changed"),  # the collection switched encoders: ask again
     (engine_errors.Conflict, 409, "conflict"),
     (engine_errors.InvalidInput, 422, "invalid_input"),
     (engine_errors.Busy, 503, "busy"),

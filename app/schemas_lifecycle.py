@@ -65,6 +65,21 @@ class EvalResponse(BaseModel):
     comparison: dict[str, dict[str, float]] | None = None
     took_ms: float
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "reports": [
+                        {"encoder": "internvl-c", "classification": {"mean": {"top1": 0.91, "top5": 0.99}}},
+                        {"encoder": "internvl-g", "classification": {"mean": {"top1": 0.93, "top5": 0.99}}},
+                    ],
+                    "comparison": {"classification.top1": {"first": 0.91, "second": 0.93, "delta": 0.02}},
+                    "took_ms": 5120.0,
+                }
+            ]
+        }
+    )
+
 
 class MigrateRequest(_Strict):
     encoder: str = Field(..., min_length=1, max_length=200, description="Registry name of the new encoder.")
@@ -110,6 +125,34 @@ class MigrationOut(BaseModel):
     previous: SpaceOut | None
     job: JobOut | None
     gate: dict[str, Any] | None
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "collection": "photos",
+                    "storage": "originals",
+                    "serving": {
+                        "encoder": "internvl-c",
+                        "checkpoint": None,
+                        "dim": 768,
+                        "fingerprint": "3f9a0c1d",
+                        "generation": 1,
+                    },
+                    "shadow": {
+                        "encoder": "internvl-g",
+                        "checkpoint": None,
+                        "dim": 768,
+                        "fingerprint": "3f9a0c1d",
+                        "generation": 2,
+                    },
+                    "previous": None,
+                    "job": None,
+                    "gate": None,
+                }
+            ]
+        }
+    )
 
 
 def space_out(space: Any) -> SpaceOut | None:
