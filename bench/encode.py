@@ -6,8 +6,9 @@ the straightforward eager version of the same math measured in the same process.
 * before: the textbook path of the same weights: attention with the score matrix materialised (`eager_attend`),
   q/k/v as three GEMMs, and, for text, the official padding to 80 tokens. Each optimisation is also shown alone.
 * MFU = counted FLOPs/s / the FLOP/s of a large dense matmul in the same dtype on the same device (this machine's
-  practical peak, measured here) and, on CUDA, / the H100's datasheet bf16 peak (989 TFLOP/s). FLOPs are counted
-  with the eager attention (so attention is counted on every backend), on one image and scaled by the batch.
+  practical peak, timed in turns with the model so both see the same load) and, on CUDA, / the H100's datasheet
+  bf16 peak (989 TFLOP/s). Variants compared with each other are also timed in turns (`paired`, medians).
+  FLOPs are counted with the eager attention (so attention counts on every backend), on one image x the batch.
 
     python -m bench.encode                                    # mid-size config on CPU, float32
     python -m bench.encode --config 14b --device cuda         # InternVL-14B-224px's shapes, random bf16 weights
@@ -20,6 +21,7 @@ import contextlib
 import json
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterator
 
@@ -61,21 +63,37 @@ def timed(fn: Callable[[], object], device: torch.device, min_seconds: float) ->
             return elapsed / calls
 
 
+_START = time.perf_counter()
+
+
+def progress(message: str) -> None:
+    """One line on stderr per phase, so a run cut short by a time limit still shows how far it got."""
+    print(f"[{time.perf_counter() - _START:7.1f} s] {message}", file=sys.stderr, flush=True)
+
+
 def paired(fns: dict[str, Callable[[], object]], device: torch.device, min_seconds: float) -> dict[str, float]:
     """Median seconds per call of each function, called in turns (a, b, c, a, b, c, ...) after one warm-up each,
-    for at least `min_seconds` per function and 3 rounds: on a shared machine whose load drifts, every variant
-    sees the same load, so their ratios hold even when the absolute times do not."""
+    for at least 3 rounds and until the slowest has run `min_seconds`: on a shared machine whose load drifts, every
+    variant sees the same load, so their ratios hold even when the absolute times do not. A function much faster
+    than the slowest runs several times per turn (as many as fit in the slowest's one call), so a 1 ms matmul
+    beside a 1 s model neither needs a thousand rounds nor is timed from one noisy call."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for fn in fns.values():
-        fn()
-    sync()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    while min(len(t) for t in times.values()) < 3 or min(sum(t) for t in times.values()) < min_seconds:
-        for name, fn in fns.items():
-            start = time.perf_counter()
+
+    def once(fn: Callable[[], object], calls: int) -> float:
+        start = time.perf_counter()
+        for _ in range(calls):
             fn()
-            sync()
-            times[name].append(time.perf_counter() - start)
+        sync()
+        return (time.perf_counter() - start) / calls
+
+    warm = {name: once(fn, 1) for name, fn in fns.items()}  # also the warm-up (first calls compile, allocate)
+    warm = {name: once(fn, 1) for name, fn in fns.items()}
+    slowest = max(warm.values())
+    calls = {name: max(1, min(1000, round(slowest / max(t, 1e-9)))) for name, t in warm.items()}
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    while len(times[next(iter(fns))]) < 3 or max(sum(t) * calls[n] for n, t in times.items()) < min_seconds:
+        for name, fn in fns.items():
+            times[name].append(once(fn, calls[name]))
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -86,11 +104,18 @@ def count_flops(fn: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, min_seconds: float) -> float:
-    n = 8192 if device.type == "cuda" else 2048
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    return 2 * n**3 / timed(lambda: a @ b, device, min_seconds)
+class MatmulPeak:
+    """A large dense matmul in the model's dtype: this machine's practical peak FLOP/s. Timed in the same rounds
+    as the model (`paired`), so MFU compares the two under the same load."""
+
+    def __init__(self, device: torch.device, dtype: torch.dtype) -> None:
+        n = 8192 if device.type == "cuda" else 2048
+        self.a = torch.randn(n, n, device=device, dtype=dtype)
+        self.b = torch.randn(n, n, device=device, dtype=dtype)
+        self.flops = 2 * n**3
+
+    def __call__(self) -> torch.Tensor:
+        return self.a @ self.b
 
 
 def random_queries(batch: int, vocab: int, generator: torch.Generator) -> list[torch.Tensor]:
@@ -134,11 +159,12 @@ def build(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) ->
     return fuse_projections(model)
 
 
-def image_figures(model: InternVL, args: argparse.Namespace, device: torch.device, peak: float) -> dict:
+def image_figures(model: InternVL, args: argparse.Namespace, device: torch.device, matmul: MatmulPeak) -> dict:
     size = model.config.image_size
     pixels = torch.randn(args.image_batch, 3, size, size, device=device, dtype=next(model.parameters()).dtype)
     out = {}
     for mode in ("C", "G"):
+        progress(f"image {mode}: counting FLOPs")
         flops = count_flops(lambda m=mode: model.encode_image(pixels[:1], mode=m)) * args.image_batch
 
         def run(m: str = mode) -> torch.Tensor:
@@ -148,9 +174,10 @@ def image_figures(model: InternVL, args: argparse.Namespace, device: torch.devic
             with before(model):
                 return model.encode_image(pixels, mode=m)
 
+        progress(f"image {mode}: timing ours / before / matmul")
         with torch.inference_mode():
-            seconds = paired({"ours": run, "before": run_before}, device, args.seconds)
-        ours, eager = seconds["ours"], seconds["before"]
+            seconds = paired({"ours": run, "before": run_before, "matmul": matmul}, device, args.seconds)
+        ours, eager, peak = seconds["ours"], seconds["before"], matmul.flops / seconds["matmul"]
         out[f"image_{mode}"] = {
             "images_per_s": args.image_batch / ours,
             "tflop_per_image": flops / args.image_batch / 1e12,
@@ -158,15 +185,17 @@ def image_figures(model: InternVL, args: argparse.Namespace, device: torch.devic
             **({"mfu_vs_h100_peak": flops / ours / H100_BF16_DENSE_PEAK} if device.type == "cuda" else {}),
             "before_images_per_s": args.image_batch / eager,
             "speedup_vs_before": eager / ours,
+            "matmul_peak_tflops": peak / 1e12,
         }
     return out
 
 
-def text_figures(model: InternVL, args: argparse.Namespace, device: torch.device, peak: float) -> dict:
+def text_figures(model: InternVL, args: argparse.Namespace, device: torch.device, matmul: MatmulPeak) -> dict:
     queries = random_queries(args.text_batch, model.config.qllama.vocab_size, torch.Generator().manual_seed(0))
     real = sum(len(q) for q in queries)
     longest = pad(queries, max(len(q) for q in queries)).to(device)
     official = pad(queries, OFFICIAL_LENGTH).to(device)
+    progress("text: counting FLOPs")
     useful = count_flops(lambda: model.encode_text(longest))  # the packed path: real tokens only
     # name: (ids, packed, which optimisations are undone (before()'s arguments), tokens the linear layers compute)
     variants = {
@@ -185,8 +214,11 @@ def text_figures(model: InternVL, args: argparse.Namespace, device: torch.device
         return fn
 
     out: dict[str, object] = {}
+    progress(f"text: timing {len(variants)} variants / matmul")
     with torch.inference_mode():
-        times = paired({name: call(*v[:3]) for name, v in variants.items()}, device, args.seconds)
+        times = paired({**{name: call(*v[:3]) for name, v in variants.items()}, "matmul": matmul}, device, args.seconds)
+        peak = matmul.flops / times["matmul"]
+        out["text_matmul_peak_tflops"] = peak / 1e12
         for name, (_, _, _, computed) in variants.items():
             seconds = times[name]
             out[f"text_{name}"] = {
@@ -196,7 +228,7 @@ def text_figures(model: InternVL, args: argparse.Namespace, device: torch.device
             }
         one = official[:1, : len(queries[0])]
         out["single_query_latency_ms"] = 1e3 * timed(lambda: model.encode_text(one), device, args.seconds)
-    rate = {k: v["queries_per_s"] for k, v in out.items() if isinstance(v, dict)}
+    rate = {k: v["queries_per_s"] for k, v in out.items() if isinstance(v, dict) and "queries_per_s" in v}
     out["text_speedups"] = {
         "packed_vs_before": rate["text_packed"] / rate["text_before_pad80_eager_unfused"],
         "packed_vs_pad80": rate["text_packed"] / rate["text_pad80"],
@@ -211,7 +243,9 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     if args.threads:
         torch.set_num_threads(args.threads)
+    progress(f"building {args.config} on {device}")
     model = build(args, device, dtype)
+    progress("built")
     results: dict[str, object] = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
         + (f", {torch.cuda.get_device_name()}" if device.type == "cuda" else ""),
@@ -225,11 +259,11 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     }
     if device.type == "cuda":
         results["weights_gib"] = torch.cuda.memory_allocated() / 2**30
-    peak = matmul_peak(device, dtype, args.seconds)
-    results["matmul_peak_tflops"] = peak / 1e12
+    matmul = MatmulPeak(device, dtype)
     if not args.skip_images:
-        results.update(image_figures(model, args, device, peak))
-    results.update(text_figures(model, args, device, peak))
+        results.update(image_figures(model, args, device, matmul))
+        progress("image figures: " + json.dumps({k: v for k, v in results.items() if k.startswith("image_")}))
+    results.update(text_figures(model, args, device, matmul))
     if device.type == "cuda":
         results["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return results

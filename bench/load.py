@@ -202,9 +202,12 @@ def memory_report(samples: list[tuple[float, float]]) -> dict:
     mean_v = sum(v for _, v in half) / len(half)
     spread = sum((t - mean_t) ** 2 for t, _ in half) or 1.0
     slope = sum((t - mean_t) * (v - mean_v) for t, v in half) / spread * 60
+    # The first sample of each minute (and the very first one), to show whether memory levels off.
+    previous = [(-1.0, 0.0), *samples[:-1]]
+    per_minute = [round(v, 1) for (t, v), (p, _) in zip(samples, previous) if t // 60 != p // 60]
     return {"samples": len(samples), "start_mb": round(values[1], 1), "end_mb": round(values[-1], 1),
             "peak_mb": round(max(values), 1), "growth_mb": round(values[-1] - values[1], 1),
-            "second_half_slope_mb_per_min": round(slope, 2)}  # fmt: skip
+            "second_half_slope_mb_per_min": round(slope, 2), "per_minute_mb": per_minute}  # fmt: skip
 
 
 def finish(base: str, process: subprocess.Popen) -> dict:

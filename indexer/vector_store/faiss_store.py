@@ -10,8 +10,11 @@ Sizing (n = number of vectors the index is built for):
   instead of 4·d.
 - HNSW: M = 32 links per node; efConstruction and efSearch grow with the number of vectors indexed (`hnsw_ef_search`,
   `hnsw_ef_construction`), because a graph over more vectors needs a wider search for the same recall: on the
-  clustered d=64 data of bench/search.py, efSearch 128 gives recall@10 0.96 at 100k but 0.76 at 1M. The values in
-  force are kept in `params` (raised before each add and after loading); explicit ones are never changed.
+  clustered d=64 data of bench/search.py, efSearch 128 gives recall@10 0.96 at 100k but 0.76 at 1M. Measured at 1M:
+  efSearch 512 reaches 0.948 on a graph built at efConstruction 80 and 0.976 at 200, so both grow: 128 / 80 up to
+  100k vectors, 576 / 200 at 1M. efSearch is sized for the worse graph, since a collection grown batch by batch
+  inserted its first vectors at the lower efConstruction of its smaller size. The values in force are kept in
+  `params` (raised before each add and after loading); explicit ones are never changed.
 - Training uses a seeded random sample of up to 64 points per centroid, so builds are reproducible.
 
 A filtered search at selectivity s (allowed / indexed vectors) starts at efSearch/s (HNSW) or nprobe/s (IVF, at
@@ -45,10 +48,10 @@ HNSW_EF_SEARCH = 128
 # Beyond this many vectors efSearch grows as (n / HNSW_SIZING_FROM) ** HNSW_EF_SEARCH_GROWTH, efConstruction as
 # ** HNSW_EF_CONSTRUCTION_GROWTH, each capped (bench/RESULTS.md, "HNSW at 1M", has the measurements behind them).
 HNSW_SIZING_FROM = 100_000
-HNSW_EF_SEARCH_GROWTH = 0.75
+HNSW_EF_SEARCH_GROWTH = 0.65
 HNSW_EF_SEARCH_MAX = 1024
-HNSW_EF_CONSTRUCTION_GROWTH = 0.0
-HNSW_EF_CONSTRUCTION_MAX = 256
+HNSW_EF_CONSTRUCTION_GROWTH = 0.4
+HNSW_EF_CONSTRUCTION_MAX = 200
 # What HNSW stores saved before the size rules recorded in their params; such a store gets the rules on loading.
 _HNSW_LEGACY_PARAMS = {"M": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION, "ef_search": HNSW_EF_SEARCH}
 TRAIN_POINTS_PER_CENTROID = 64

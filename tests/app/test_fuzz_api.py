@@ -76,8 +76,9 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with pytest.MonkeyPatch.context() as mp:
         for name in [n for n in os.environ if n.startswith("INTERNVL_SEARCH_")]:
             mp.delenv(name)
+        # A short request limit: generated `wait=true` jobs of 10,000 URLs would otherwise each wait most of a minute.
         app_settings = load_settings(
-            data_dir=root / "data", device="cpu", request_timeout_s=20, max_k=50, chat_model=str(chat)
+            data_dir=root / "data", device="cpu", request_timeout_s=4, max_k=50, chat_model=str(chat)
         )
     with Engine(engine_config(root, f"sqlite:///{root / 'catalog.db'}"), cached_encoder_factory).open() as engine:
         engine.create_collection("photos")
@@ -85,7 +86,7 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         engine.wait_job(engine.submit("photos", items), timeout_s=60)
         port = _free_port()
         config = uvicorn.Config(create_app(app_settings, engine=engine), host="127.0.0.1", port=port,
-                                log_level="warning", log_config=None)  # fmt: skip
+                                log_level="warning", log_config=None, timeout_graceful_shutdown=2)  # fmt: skip
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
@@ -97,6 +98,8 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         finally:
             server.should_exit = True
             thread.join(30)
+            for job in engine.list_jobs(states=["queued", "running"], limit=10_000):
+                engine.cancel_job(job.id)  # generated jobs need not run to their end
 
 
 schema = schemathesis.openapi.from_dict(_openapi())
