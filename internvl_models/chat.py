@@ -12,6 +12,8 @@ state dict loads as is. `load_chat_model` builds the model on the meta device an
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import os
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -178,6 +180,25 @@ class InternVLChat(nn.Module):
         return self.language_model.generate(
             inputs_embeds=embeds, attention_mask=attention_mask, generation_config=settings
         )
+
+
+# --- transformers versions ---------------------------------------------------------------------------------------
+@functools.cache
+def _cache_keyword(forward_owner: type) -> str:
+    parameters = inspect.signature(forward_owner.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def cache_kwargs(module: nn.Module, cache: object) -> dict[str, object]:
+    """`{keyword: cache}` for a transformers LM's forward: transformers 5.25 renamed `past_key_values` to `cache`
+    (the old name warns, and goes in 5.40); the GPU hosts run 5.17, which knows only the old one."""
+    return {_cache_keyword(type(module)): cache}
+
+
+def output_cache(out: object) -> object:
+    """The key/value cache of a transformers model output, under either version's name."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
 
 
 # --- loading -----------------------------------------------------------------------------------------------------

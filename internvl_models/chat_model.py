@@ -25,7 +25,7 @@ import transformers
 from PIL import Image
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from .chat import InternVLChat, load_chat_model
+from .chat import InternVLChat, cache_kwargs, load_chat_model, output_cache
 from .chat_config import ChatConfig
 from .chat_tokenizers import load_chat_tokenizer
 from .chat_types import (
@@ -218,8 +218,8 @@ class ChatModel:
             if cache is None:
                 out = lm(inputs_embeds=inputs, use_cache=True, logits_to_keep=1)
             else:
-                out = lm(input_ids=inputs, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        return out.past_key_values, out.logits[0, -1].float()
+                out = lm(input_ids=inputs, **cache_kwargs(lm, cache), use_cache=True, logits_to_keep=1)
+        return output_cache(out), out.logits[0, -1].float()
 
     @staticmethod
     def _pick(

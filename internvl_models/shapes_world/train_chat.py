@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from ..chat import InternVLChat, pixel_shuffle
+from ..chat import InternVLChat, cache_kwargs, output_cache, pixel_shuffle
 from ..chat_config import ChatConfig
 from ..checkpoint import load_intern_vit
 from ..config import InternViTConfig
@@ -225,7 +225,7 @@ def shared_prefix_cache(lm: nn.Module, prefix: torch.Tensor, batch: int) -> Any:
     """The key/value cache of the system prefix, computed once and repeated for the batch (the gradient of every
     row flows back into the one computation)."""
     out = lm.model(inputs_embeds=lm.get_input_embeddings()(prefix[None]), use_cache=True)
-    cache = out.past_key_values
+    cache = output_cache(out)
     cache.batch_repeat_interleave(batch)
     return cache
 
@@ -255,7 +255,7 @@ def chat_forward(
         embeds = lm.get_input_embeddings()(ids)
         embeds = embeds.masked_scatter((ids == model.image_token_id).unsqueeze(-1), features.to(embeds.dtype))
         cache = shared_prefix_cache(lm, prefix, len(ids))
-        out = lm.model(inputs_embeds=embeds, past_key_values=cache, use_cache=True, output_hidden_states=True,
+        out = lm.model(inputs_embeds=embeds, **cache_kwargs(lm.model, cache), use_cache=True, output_hidden_states=True,
                        output_attentions=attend is not None)  # fmt: skip
         keep, answer = labels != -100, chunk.answer.to(device)
         logits.append(lm.lm_head(out.last_hidden_state[keep]))
