@@ -3,7 +3,8 @@
 A path is refused when no root is configured, when it is relative or contains `..`, when it resolves (symlinks
 followed) outside every root, or when it is not a regular file: a FIFO would block the reader forever and a device
 file can be endless or have side effects on open. The final open uses O_NOFOLLOW on the resolved path and checks
-the opened descriptor again, so a file swapped for a symlink between the check and the read is refused too.
+the opened descriptor again (the same regular file that was checked, and, where /proc tells, still inside a root), so
+a file or a parent directory swapped for a symlink between the check and the read is refused too.
 """
 
 from __future__ import annotations
@@ -36,6 +37,18 @@ def _kind_of(mode: int) -> str:
     return "not a regular file"
 
 
+def _inside(real: Path, roots: Sequence[Path]) -> bool:
+    return any(real.is_relative_to(os.path.realpath(root)) for root in roots)
+
+
+def _opened_path(fd: int) -> Path | None:
+    """Where the kernel says descriptor `fd` leads (Linux's /proc); None where that cannot be told."""
+    try:
+        return Path(os.readlink(f"/proc/self/fd/{fd}"))
+    except OSError:
+        return None
+
+
 def resolve_allowed(raw: str, roots: Sequence[Path]) -> Path:
     """The real path of `raw` if it lies inside one of `roots`; `SourceError` with the reason otherwise."""
     if not roots:
@@ -48,7 +61,7 @@ def resolve_allowed(raw: str, roots: Sequence[Path]) -> Path:
     if ".." in path.parts:
         raise SourceError("path contains '..'")
     real = Path(os.path.realpath(path))
-    if not any(real.is_relative_to(os.path.realpath(root)) for root in roots):
+    if not _inside(real, roots):
         # The resolved target is not echoed: it would tell a caller where a symlink inside the root points.
         raise SourceError("path resolves outside the allowed roots (through a symlink or is not under any root)")
     return real
@@ -73,6 +86,11 @@ def read_file(raw: str, roots: Sequence[Path], max_bytes: int) -> bytes:
         opened = os.fstat(handle.fileno())
         if not stat.S_ISREG(opened.st_mode) or (opened.st_dev, opened.st_ino) != (before.st_dev, before.st_ino):
             raise SourceError("refused: the file changed while it was being opened")
+        # O_NOFOLLOW guards only the last component: a parent directory swapped for a symlink after the check would
+        # be followed by both the stat and the open above. The descriptor's own path says where it really leads.
+        where = _opened_path(handle.fileno())
+        if where is not None and not _inside(where, roots):
+            raise SourceError("refused: the path changed while it was being opened (now outside the allowed roots)")
         if opened.st_size > max_bytes:
             raise SourceError(f"file is {opened.st_size:,} bytes, more than the limit of {max_bytes:,}")
         data = handle.read(max_bytes + 1)

@@ -1,13 +1,16 @@
 """Downloading an image URL without letting the caller reach the service's own network (SSRF).
 
-Each hop: http/https only; the host is resolved once and every address it resolves to is checked (loopback,
-private, link-local including the metadata address 169.254.169.254, multicast, reserved, unspecified, and IPv6
-forms embedding an IPv4 address: IPv4-mapped, 6to4, Teredo, NAT64); the connection goes to that checked address
-(the name travels in the Host header and TLS SNI, so certificates are still verified against it), which defeats DNS
-rebinding between check and connect. An operator's allow-list of networks (`allowed_networks`) admits named
-internal ranges without opening all of them. Redirects are followed by hand so each location is checked again.
-Timeouts bound the connect, each read and the whole download; the size cap holds on the bytes as they arrive. The
-bytes' type is never taken from the Content-Type header: decoding recognises the format from the content.
+Each hop: http/https only; the host is resolved once and every address it resolves to is checked (loopback, private,
+link-local including the metadata address 169.254.169.254, multicast, reserved, unspecified, and IPv6 forms
+embedding an IPv4 address: IPv4-mapped, 6to4, Teredo, NAT64); the connection goes to that checked address (the name
+travels in the Host header and TLS SNI, so certificates are still verified against it), which defeats DNS rebinding
+between check and connect. Connections are pooled by address, so HTTPS keeps one pool per server name: a connection
+whose certificate was verified for one name is never reused for another name on the same address. An operator's
+allow-list of networks (`allowed_networks`) admits named internal ranges without opening all of them. Redirects are
+followed by hand so each location is checked again. Timeouts bound the connect, each read and the whole download
+(redirects included: every wait is cut to what is left of the total); the size cap holds on the bytes as they
+arrive. The bytes' type is never taken from the Content-Type header: decoding recognises the format from the
+content.
 
 Name resolution goes through `resolver` (the system's by default); tests and deployments with their own DNS policy
 pass another one, and every address it returns is checked the same way."""
@@ -18,6 +21,7 @@ import functools
 import ipaddress
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -30,6 +34,9 @@ from indexer.pipeline.paths import SourceError
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _METADATA = ipaddress.ip_address("169.254.169.254")
+# HTTPS connection pools one Downloader keeps (one per server name); past this, a name's requests get a client of
+# their own, closed after the request, so a job over many hosts cannot hold an unbounded number of connections.
+MAX_TLS_POOLS = 32
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -119,23 +126,44 @@ class Downloader:
         self.total_timeout_s = total_timeout_s
         self.max_redirects = max_redirects
         self.max_bytes = max_bytes
-        timeout = httpx.Timeout(connect=connect_timeout_s, read=read_timeout_s, write=read_timeout_s, pool=60.0)
+        self._timeout = httpx.Timeout(connect=connect_timeout_s, read=read_timeout_s, write=read_timeout_s, pool=60.0)
+        # Requests go to the checked address, so httpx pools connections by address. A TLS connection was verified
+        # for the name it was opened with (SNI), so reusing it for another name on the same address would skip that
+        # name's certificate check: HTTPS gets one client (one pool) per server name; plain HTTP shares one ("").
+        self._clients: dict[str, httpx.Client] = {}
+        self._lock = threading.Lock()
+
+    def _new_client(self) -> httpx.Client:
         # trust_env=False: a proxy from the environment would connect to the *name* and undo the address check.
-        self._client = httpx.Client(
-            timeout=timeout, follow_redirects=False, trust_env=False, headers={"User-Agent": "internvl-search"},
+        return httpx.Client(
+            timeout=self._timeout, follow_redirects=False, trust_env=False, headers={"User-Agent": "internvl-search"},
             verify=_ssl_context(),
         )  # fmt: skip
 
+    def _client_for(self, server_name: str) -> tuple[httpx.Client, bool]:
+        """The client whose pool serves `server_name`, and whether it is a one-off the caller must close."""
+        with self._lock:
+            client = self._clients.get(server_name)
+            if client is None and (server_name == "" or len(self._clients.keys() - {""}) < MAX_TLS_POOLS):
+                client = self._clients[server_name] = self._new_client()
+        return (client, False) if client is not None else (self._new_client(), True)
+
     def close(self) -> None:
-        self._client.close()
+        with self._lock:
+            clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            client.close()
 
     def download(self, url: str) -> bytes:
         """The body of `url`; `SourceError` with the reason for every refusal or failure."""
         deadline = time.monotonic() + self.total_timeout_s
         for _ in range(self.max_redirects + 1):
             target = self._check(url)
+            client, one_off = self._client_for(target.extensions.get("sni_hostname", ""))
             try:
-                with self._client.stream("GET", target.url, headers=target.headers, extensions=target.extensions) as r:
+                timeout = self._timeout_within(deadline)
+                with client.stream("GET", target.url, headers=target.headers, extensions=target.extensions,
+                                   timeout=timeout) as r:  # fmt: skip
                     if r.is_redirect and "location" in r.headers:
                         url = urljoin(url, r.headers["location"])
                         continue
@@ -146,7 +174,20 @@ class Downloader:
                 raise SourceError(f"download timed out ({type(exc).__name__})") from None
             except httpx.HTTPError as exc:
                 raise SourceError(f"download failed: {type(exc).__name__}: {exc}") from None
+            finally:
+                if one_off:
+                    client.close()
         raise SourceError(f"more than {self.max_redirects} redirects")
+
+    def _timeout_within(self, deadline: float) -> httpx.Timeout:
+        """The client's timeouts, each cut to what is left of the whole download's time: a chain of redirects, or a
+        server slow to send its headers, cannot stretch a download past `total_timeout_s`."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise SourceError(f"download took longer than {self.total_timeout_s:g} s")
+        t = self._timeout
+        return httpx.Timeout(connect=min(t.connect, left), read=min(t.read, left), write=min(t.write, left),
+                             pool=min(t.pool, left))  # fmt: skip
 
     def _check(self, url: str) -> _Target:
         try:

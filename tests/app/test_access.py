@@ -4,6 +4,7 @@ never echo a key, and token-bucket arithmetic (HTTP behaviour: test_routes_hosti
 from __future__ import annotations
 
 import hashlib
+import hmac
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,24 @@ def test_the_bucket_table_is_bounded() -> None:
     for i in range(1000):
         limiter.retry_after(f"address:{i}", now=float(i))
     assert len(limiter._buckets) == 100
+
+
+def test_every_entry_is_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The presented key's digest meets every configured digest through hmac.compare_digest, with no early exit on
+    a match and no comparison of the key itself: the time taken says nothing about which entry matched, or how
+    much of it."""
+    calls: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    ring = KeyRing.from_pairs([("read", KEY), ("write", "w" * 20), ("admin", f"sha256:{'0' * 64}")])
+    for presented, rank in ((KEY, 0), ("w" * 20, 1), ("no such key", None), ("", None)):
+        calls.clear()
+        assert ring.rank(presented) == rank
+        assert len(calls) == len(ring.entries), presented  # every entry, whether or not one matched
+        assert all(len(a) == len(b) == 32 for a, b in calls)  # digests of equal length, never the key itself
+        assert all(presented.encode() not in (a, b) for a, b in calls)

@@ -124,3 +124,29 @@ def test_the_path_table_as_failed_ledger_rows(tree: tuple[Path, Path], tmp_path:
             continue  # a directory is walked (it holds ok.png, already indexed once: a duplicate, not a failure)
         assert CASES[name][1] in by_source[path], (name, by_source.get(path))
     assert job.failed == len(paths) - 2
+
+
+def test_a_parent_directory_swapped_for_a_symlink_after_the_check_is_refused(
+    tree: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race O_NOFOLLOW cannot see: between the root check and the open, the file's parent directory becomes a
+    symlink to a directory outside holding a file of the same name. The stat and the open both follow it (the same
+    inode both times); the opened descriptor's real path is what gives it away."""
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("the descriptor check needs Linux's /proc")
+    root, outside = tree
+    (outside / "ok.png").write_bytes(b"secret outside the root")
+    real_stat = os.stat
+    swapped: list[bool] = []
+
+    def stat_after_swapping(path: object, *args: object, **kwargs: object) -> os.stat_result:
+        if not swapped and str(path) == str(root / "sub" / "ok.png"):
+            swapped.append(True)
+            os.rename(root / "sub", root / "sub-moved")
+            os.symlink(outside, root / "sub")
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", stat_after_swapping)
+    with pytest.raises(SourceError, match="changed while it was being opened"):
+        read_file(str(root / "sub" / "ok.png"), [root], MAX)
+    assert swapped

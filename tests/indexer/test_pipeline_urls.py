@@ -112,3 +112,68 @@ def test_private_addresses_are_refused_before_connecting() -> None:
         finally:
             downloader.close()
     assert hits == []  # nothing ever reached the server
+
+
+def _trickle(handler: BaseHTTPRequestHandler) -> None:
+    # A byte every 0.1 s: each read is well inside the read timeout, the whole never ends in time.
+    handler.send_response(200)
+    handler.send_header("Content-Length", "100")
+    handler.end_headers()
+    try:
+        for _ in range(100):
+            handler.wfile.write(b"x")
+            handler.wfile.flush()
+            time.sleep(0.1)
+    except OSError:
+        pass  # the client gave up, as it should
+
+
+def _declares_too_much(handler: BaseHTTPRequestHandler) -> None:
+    handler.send_response(200)
+    handler.send_header("Content-Length", str(10**12))
+    handler.end_headers()
+    try:
+        handler.wfile.write(b"\0" * 1024)
+    except OSError:
+        pass
+
+
+def test_the_whole_download_is_bounded_and_a_declared_size_is_refused_up_front() -> None:
+    with http_server({"/trickle": _trickle, "/declares": _declares_too_much}) as base:
+        downloader = Downloader(allow_private=True, read_timeout_s=2.0, total_timeout_s=0.6, max_bytes=50_000)
+        try:
+            started = time.monotonic()
+            with pytest.raises(SourceError, match="download took longer than 0.6 s"):
+                downloader.download(f"{base}/trickle")
+            assert time.monotonic() - started < 5  # stopped by the total limit, not at the end of the body (10 s)
+            with pytest.raises(SourceError, match="download is 1,000,000,000,000 bytes, more than the limit"):
+                downloader.download(f"{base}/declares")
+        finally:
+            downloader.close()
+
+
+def _slow_redirect(handler: BaseHTTPRequestHandler) -> None:
+    time.sleep(0.3)
+    redirect_to(handler.path)(handler)  # to itself, after a pause
+
+
+def _slow_headers(handler: BaseHTTPRequestHandler) -> None:
+    time.sleep(3)
+    try:
+        send_bytes(PNG)(handler)
+    except OSError:
+        pass  # the client gave up long ago, as it should
+
+
+def test_redirect_chains_and_slow_headers_stay_within_the_total_time() -> None:
+    """Each hop and each wait for headers gets only what is left of the total, not a fresh read timeout."""
+    with http_server({"/again": _slow_redirect, "/late": _slow_headers}) as base:
+        downloader = Downloader(allow_private=True, read_timeout_s=5.0, total_timeout_s=0.8, max_redirects=5)
+        try:
+            for path, reason in (("/again", "took longer than 0.8 s|timed out"), ("/late", "timed out")):
+                started = time.monotonic()
+                with pytest.raises(SourceError, match=reason):
+                    downloader.download(base + path)
+                assert time.monotonic() - started < 1.5, path  # not 6 x 0.3 s of redirects, nor 3 s of waiting
+        finally:
+            downloader.close()

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
+import ssl
 import subprocess
 import sys
-from http.server import BaseHTTPRequestHandler
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from hostile import http_server, image_bytes, redirect_to, send_bytes
 
+from indexer.pipeline import urls
 from indexer.pipeline.decode import decode_image
 from indexer.pipeline.paths import SourceError
 from indexer.pipeline.urls import Downloader
@@ -172,6 +176,32 @@ def test_every_redirect_hop_is_checked_again() -> None:
     assert hits == ["/a.png"]
 
 
+def test_a_redirect_into_any_blocked_class_is_refused() -> None:
+    """Every class of BLOCKED, as a literal and as a name resolving to it, reached by a redirect from a first hop the
+    allow-list admits (127.0.0.1 only, so the two spellings of that one address are left out here)."""
+    hits: list[str] = []
+    routes = {"/a.png": lambda h: (hits.append(h.path), send_bytes(PNG)(h))}
+    admitted = {"127.0.0.1", "::ffff:127.0.0.1"}
+    cases = {address: reason for address, reason in BLOCKED.items() if address not in admitted}
+    with http_server(routes) as base:
+        port = base.rsplit(":", 1)[1]
+        names = {}
+        for n, address in enumerate(cases):
+            literal = f"[{address}]" if ":" in address else address
+            routes[f"/literal-{n}"] = redirect_to(f"http://{literal}:{port}/a.png")
+            routes[f"/name-{n}"] = redirect_to(f"https://blocked-{n}.example.org:{port}/a.png")
+            names[f"blocked-{n}.example.org"] = [address]
+        downloader = Downloader(allowed_networks=["127.0.0.1/32"], resolver=resolver_for(names))
+        try:
+            for n, reason in enumerate(cases.values()):
+                for path in (f"/literal-{n}", f"/name-{n}"):
+                    with pytest.raises(SourceError, match=rf"refused: .*{reason}"):
+                        downloader.download(base + path)
+        finally:
+            downloader.close()
+    assert hits == []  # no redirect reached anything
+
+
 def test_the_allow_list_admits_exactly_its_networks() -> None:
     with http_server({"/a.png": send_bytes(PNG)}) as base:
         port = base.rsplit(":", 1)[1]
@@ -243,3 +273,84 @@ def test_a_public_looking_address_on_our_own_test_host_is_fetched() -> None:
     # The name travelled in the Host header while the connection went to the checked address.
     assert report["hosts"][0] == f"images.example.org:{port}"
     assert len(report["hosts"]) == 3  # the two public fetches and the redirect hop; never the loopback target
+
+
+def test_an_ipv6_address_is_connected_to_as_checked() -> None:
+    """The pinned address of an IPv6 answer goes into the URL correctly bracketed, and the fetch works."""
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+
+    class V6Server(ThreadingHTTPServer):
+        address_family = socket.AF_INET6
+
+    try:
+        server = V6Server(("::1", 0), _KeepAliveHandler)
+    except OSError as exc:
+        pytest.skip(f"cannot listen on ::1: {exc}")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    downloader = Downloader(allowed_networks=["::1/128"], resolver=resolver_for({"v6.example.org": ["::1"]}))
+    try:
+        assert downloader.download(f"http://v6.example.org:{port}/a.png") == PNG
+        assert downloader.download(f"http://[::1]:{port}/a.png") == PNG
+    finally:
+        downloader.close()
+        server.shutdown()
+        server.server_close()
+    assert _KeepAliveHandler.hosts[-2:] == [f"v6.example.org:{port}", f"[::1]:{port}"]
+
+
+class _KeepAliveHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1 with keep-alive, so a client may reuse the connection (http.server's default closes it)."""
+
+    protocol_version = "HTTP/1.1"
+    hosts: list[str] = []
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+        type(self).hosts.append(self.headers.get("Host", ""))
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", str(len(PNG)))
+        self.end_headers()
+        self.wfile.write(PNG)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def test_a_tls_connection_verified_for_one_name_is_not_reused_for_another(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """Connections go to the checked address, so httpx pools them by address. A server with a certificate for
+    a.test only, and b.test resolving to the same address: once a.test's connection is pooled, b.test must still
+    get a TLS handshake of its own, which fails its certificate check (it used to reuse a.test's connection)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs openssl(1) to make a test certificate authority")
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+             "-subj", "/CN=internvl-search test CA", cwd=tmp_path)  # fmt: skip
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "a.key", "-out", "a.csr", "-subj", "/CN=a.test",
+             cwd=tmp_path)  # fmt: skip
+    (tmp_path / "ext").write_text("subjectAltName=DNS:a.test\n")
+    _openssl("x509", "-req", "-in", "a.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "a.pem",
+             "-days", "2", "-extfile", "ext", cwd=tmp_path)  # fmt: skip
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _KeepAliveHandler)
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(tmp_path / "a.pem", tmp_path / "a.key")
+    server.socket = server_tls.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    trusting = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+    monkeypatch.setattr(urls, "_ssl_context", lambda: trusting)
+    names = {"a.test": ["127.0.0.1"], "b.test": ["127.0.0.1"]}
+    downloader = Downloader(allowed_networks=["127.0.0.1/32"], resolver=resolver_for(names))
+    try:
+        assert downloader.download(f"https://a.test:{port}/a.png") == PNG
+        assert downloader.download(f"https://a.test:{port}/a.png") == PNG  # the pooled connection, still fine
+        with pytest.raises(SourceError, match="CERTIFICATE_VERIFY_FAILED|certificate"):
+            downloader.download(f"https://b.test:{port}/a.png")
+    finally:
+        downloader.close()
+        server.shutdown()
+        server.server_close()
