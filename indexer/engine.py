@@ -31,7 +31,7 @@ from indexer.catalog import repo, spaces
 from indexer.catalog.db import check_schema_current, make_engine, make_sessionmaker, session_scope
 from indexer.config import EngineConfig
 from indexer.errors import Conflict, InvalidInput, NotFound, SpaceChanged
-from indexer.jobs import JobInfo, JobRuntime, JobWorker, create_ingest_job, job_info, sweep_staging
+from indexer.jobs import JobInfo, JobRuntime, JobWorker, create_ingest_job, job_info, orphaned_jobs, sweep_staging
 from indexer.live import LiveCollection, ReconcileReport, Space, reconcile, target_kind
 from indexer.metadata import check_metadata
 from indexer.pipeline.sources import IngestItem
@@ -42,6 +42,10 @@ from internvl_models import CheckpointError, Encoder, create_encoder
 log = logging.getLogger("internvl_search.engine")
 # A search re-encodes its query this many times at most when the collection switches encoders under it.
 SWITCH_RETRIES = 3
+# How long a reader serves another process's saved index before trying that writer's lock again (see `_live`).
+BUSY_RETRY_S = 1.0
+# How often a server looks for jobs that no process is running (a replica died, or queued them and stopped).
+JOB_SWEEP_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -270,17 +274,19 @@ class Engine(model_switch.EncoderSwitching):
             if live is None:
                 with session_scope(self.sessions) as session:
                     row = repo.get_collection_by_id(session, collection_id)
-                    live = LiveCollection(self.config, row)
+                    live = LiveCollection(self.config, row, self._db)
                     if row.checkpoint is None and live.checkpoint is not None:  # from the legacy file
                         repo.set_checkpoint(session, row.id, live.checkpoint)
                 self._lives[collection_id] = live
         if not live.loaded:
-            if live.lock.acquire(blocking=False):
+            # A reader that found another process writing tries the lock again after BUSY_RETRY_S, not per search.
+            if time.monotonic() >= live.busy_until and live.lock.acquire(blocking=False):
                 try:
                     self.ensure_reconciled(live)
                 finally:
                     live.lock.release()
             else:
+                live.busy_until = max(live.busy_until, time.monotonic() + BUSY_RETRY_S)
                 live.adopt_newer_saved()
         return live
 
@@ -366,6 +372,11 @@ class Engine(model_switch.EncoderSwitching):
         for job_id in ids:
             self._worker.enqueue(job_id)
         return ids
+
+    def watch_jobs(self, interval_s: float = JOB_SWEEP_S) -> None:
+        """Run, from now on, jobs no process is running (see `jobs.orphaned_jobs`), looked for every `interval_s`:
+        what a server does, so that replicas sharing a catalog take over each other's queued and interrupted jobs."""
+        self._worker.sweep(lambda: orphaned_jobs(self), interval_s)
 
     def get_job(self, job_id: int, *, failures: int = 20) -> JobInfo:
         with session_scope(self.sessions) as session:

@@ -213,6 +213,19 @@ class JobWorker:
             except Exception:  # the job is marked failed by the runner; a worker thread must survive anything
                 log.exception("job crashed", extra={"job_id": job_id})
 
+    def sweep(self, find: Callable[[], Sequence[int]], interval_s: float) -> None:
+        """Every `interval_s` until `stop`, queue the jobs `find` names (`orphaned_jobs`: left to nobody)."""
+
+        def loop() -> None:
+            while not self.stopping.wait(interval_s):
+                try:
+                    for job_id in find():
+                        self.enqueue(job_id)
+                except Exception:  # a database blip: the next round tries again
+                    log.exception("job sweep failed")
+
+        threading.Thread(target=loop, name="job-sweeper", daemon=True).start()
+
     def stop(self, timeout_s: float = 30.0) -> None:
         """Ask running jobs to stop at their next batch boundary and wait for the threads."""
         self.stopping.set()
@@ -220,6 +233,26 @@ class JobWorker:
             self._queue.put(None)
         for thread in self._threads:
             thread.join(timeout_s)
+
+
+def orphaned_jobs(engine: Engine) -> list[int]:
+    """Queued or interrupted ingestion jobs of collections whose writer lock is free right now, so no process is
+    running them: those a replica queued and never ran, or was running when it died (PostgreSQL dropped its advisory
+    lock with its session). Any replica may run them; the lock it then takes keeps the others out. (Migrations wait
+    for their shadow's lock instead: they are resumed at start-up only.)"""
+    with session_scope(engine.sessions) as session:
+        jobs = [(job.id, job.collection_id) for job in repo.resumable_jobs(session) if job.kind != "migrate"]
+    free: dict[int, bool] = {}
+    for collection_id in dict.fromkeys(c for _, c in jobs):
+        try:
+            lock = engine._live(collection_id).lock
+        except NotFound:  # deleted meanwhile: its jobs went with it
+            free[collection_id] = False
+            continue
+        free[collection_id] = lock.acquire(blocking=False)
+        if free[collection_id]:
+            lock.release()
+    return [job_id for job_id, collection_id in jobs if free[collection_id]]
 
 
 def sweep_staging(sessions: sessionmaker[Session], data_dir: Path) -> None:

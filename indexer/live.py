@@ -16,10 +16,12 @@ import time
 from dataclasses import dataclass, replace
 
 import numpy as np
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from indexer.catalog import repo
 from indexer.catalog.db import session_scope
+from indexer.catalog.locks import COLLECTION_WRITER, advisory_lock
 from indexer.catalog.tables import Collection
 from indexer.config import EngineConfig
 from indexer.errors import Conflict, CorruptData
@@ -89,7 +91,7 @@ class LiveCollection:
     without the lock (a search) that takes `serving()` once sees a matching encoder, dimension and index.
     """
 
-    def __init__(self, config: EngineConfig, row: Collection) -> None:
+    def __init__(self, config: EngineConfig, row: Collection, db: Engine | None = None) -> None:
         self.id, self.name, self.index_kind = row.id, row.name, row.index_kind
         self.storage = row.storage or "originals"
         self.files = CollectionFiles(config.data_dir, row.id, row.generation or 0)
@@ -98,7 +100,9 @@ class LiveCollection:
         space = Space(row.encoder, checkpoint, row.dim, row.fingerprint, int(row.generation or 0))
         self._swap_lock = threading.Lock()
         self._serving: tuple[Space, VectorStore] = (space, create_vector_store(target_kind(row.index_kind, 0), row.dim))
-        self.lock = WriteLock(self.files.lock_path)
+        # `db`: the catalog's engine, for the database half of the writer lock (PostgreSQL; see catalog/locks.py).
+        self.lock = WriteLock(self.files.lock_path, advisory_lock(db, COLLECTION_WRITER, row.id))
+        self.busy_until = 0.0  # monotonic time before which a reader does not try the writer lock again
         self.loaded = False
         self.report: ReconcileReport | None = None
         self._dirty = False
@@ -267,12 +271,16 @@ def reconcile(live: LiveCollection, sessions: sessionmaker[Session]) -> Reconcil
         live.rebuild(indexed, embeddings)
         report.rebuilt = how != "missing" or len(indexed) > 0
     else:
-        live.store = store
+        # Repaired before it serves, then swapped in at once: a search meanwhile is answered by the store served
+        # before (a reader process that follows a writer never shows a half-reconciled index).
         extra = np.setdiff1d(store.ids(), indexed, assume_unique=True)
         report.removed = store.remove(extra) if len(extra) else 0
         missing = np.setdiff1d(indexed, store.ids(), assume_unique=True)
         if len(missing):
-            report.restored, report.rebuilt = _restore(live, missing, indexed, embeddings)
+            report.restored, report.rebuilt = _restore(live, store, missing, indexed, embeddings)
+        if not report.rebuilt:
+            store.version = version
+            live.store = store
     lost = np.setdiff1d(indexed, live.store.ids(), assume_unique=True)
     if len(lost):
         report.requeued, report.failed, report.requeue_job = _requeue(live, sessions, lost)
@@ -287,14 +295,14 @@ def reconcile(live: LiveCollection, sessions: sessionmaker[Session]) -> Reconcil
 
 
 def _restore(
-    live: LiveCollection, missing: np.ndarray, indexed: np.ndarray, embeddings: EmbeddingStore
+    live: LiveCollection, store: VectorStore, missing: np.ndarray, indexed: np.ndarray, embeddings: EmbeddingStore
 ) -> tuple[int, bool]:
     ids, vectors = embeddings.load_all()
     have = np.isin(ids, missing)
     if not have.any():
         return 0, False
     try:
-        return live.store.add(ids[have], vectors[have]), False
+        return store.add(ids[have], vectors[have]), False
     except Conflict:
         # An id hidden behind an HNSW tombstone cannot come back in place; rebuilding clears the tombstones.
         live.rebuild(indexed, embeddings)

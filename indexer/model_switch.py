@@ -31,6 +31,7 @@ import numpy as np
 
 from indexer.catalog import repo, spaces
 from indexer.catalog.db import session_scope
+from indexer.catalog.locks import SHADOW_WRITER, advisory_lock
 from indexer.catalog.spaces import SpaceRow, Swap
 from indexer.errors import Busy, Conflict, IndexerError, InvalidInput, NotFound
 from indexer.evaluation import (
@@ -202,7 +203,10 @@ def run_migration(
         _finish(engine, job_id, "failed", error="no shadow space belongs to this job (cancelled or superseded)")
         return
     # One run per shadow across processes; the collection lock stays free for ingestion until the switch.
-    lock = WriteLock(live.files.generation_dir(shadow.generation) / "write.lock")
+    lock = WriteLock(
+        live.files.generation_dir(shadow.generation) / "write.lock",
+        advisory_lock(engine._db, SHADOW_WRITER, collection_id),  # across hosts, on PostgreSQL
+    )
     if not _acquire(lock, stop):
         return
     try:

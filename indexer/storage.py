@@ -5,7 +5,8 @@
     <data_dir>/collections/<id>/spaces/<g>/        index.ivs + embeddings/ of generation g > 0 (an encoder switch)
     <data_dir>/collections/<id>/originals/ab/<sha>  each original image (or its reduced copy), by the original's sha256
     <data_dir>/collections/<id>/collection.json    legacy (before catalog revision 0002): the encoder checkpoint
-    <data_dir>/collections/<id>/write.lock         flock: one writing process per collection
+    <data_dir>/collections/<id>/write.lock         flock: one writing process per collection (and host; across hosts
+                                                   the PostgreSQL advisory lock of catalog/locks.py)
     <data_dir>/jobs/<job id>/                      uploads staged until their job ends
 
 Collection ids are never reused (see catalog/tables.py), so a folder left behind by an interrupted delete can never
@@ -20,8 +21,10 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from indexer.vector_store.base import fsync_dir
 
@@ -167,14 +170,20 @@ class OriginalStore:
 
 
 class WriteLock:
-    """One writer per collection: a re-entrant lock within the process plus `flock` across processes.
+    """One writer per collection: a re-entrant lock within the process, `flock` across processes of this host, and
+    (where the catalog is PostgreSQL) the database's advisory lock across hosts (catalog/locks.py).
 
     A CLI `index` and a running server may share a data directory; without the file lock both would append
-    embedding shards with the same sequence numbers.
+    embedding shards with the same sequence numbers. Replicas on several hosts share the directory over a network
+    file system whose `flock` may not reach the other hosts; the database lock does.
     """
 
-    def __init__(self, path: Path) -> None:
+    # How often a blocking acquire retries the database lock (PostgreSQL has no waiting try-lock with a timeout).
+    DB_POLL_S = 0.05
+
+    def __init__(self, path: Path, db_lock: Any = None) -> None:
         self.path = path
+        self.db_lock = db_lock  # an AdvisoryLock (try_acquire / release), or None
         self._thread_lock = threading.RLock()
         self._depth = 0
         self._fd: int | None = None
@@ -183,24 +192,47 @@ class WriteLock:
         if not self._thread_lock.acquire(blocking=blocking):
             return False
         if self._depth == 0:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-            except BlockingIOError:
-                os.close(fd)
+                if not self._acquire_outer(blocking):
+                    self._thread_lock.release()
+                    return False
+            except BaseException:
                 self._thread_lock.release()
-                return False
-            self._fd = fd
+                raise
         self._depth += 1
+        return True
+
+    def _acquire_outer(self, blocking: bool) -> bool:
+        """The file lock, then the database lock (always in this order, so two waiters never deadlock)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            while self.db_lock is not None and not self.db_lock.try_acquire():
+                if not blocking:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                    os.close(fd)
+                    return False
+                time.sleep(self.DB_POLL_S)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except BaseException:
+            os.close(fd)  # closing the descriptor drops the flock
+            raise
+        self._fd = fd
         return True
 
     def release(self) -> None:
         self._depth -= 1
         if self._depth == 0 and self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+            try:
+                if self.db_lock is not None:
+                    self.db_lock.release()
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+                os.close(self._fd)
+                self._fd = None
         self._thread_lock.release()
 
     @property
