@@ -297,11 +297,22 @@ def index(
     metadata: str | None = typer.Option(None, "--metadata", help="JSON object merged into every image's metadata."),
     resume: int | None = typer.Option(None, "--resume", help="Resume an interrupted job by id instead."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    ray: str | None = typer.Option(
+        None,
+        "--ray",
+        metavar="ADDRESS",
+        help="Run on a Ray cluster: 'local' (start one here), 'auto' (this node's) or ray://HOST:PORT. Needs the "
+        "[scale] extra.",
+    ),
 ) -> None:
     """Ingest images into a collection, with a progress bar and a summary (added / duplicates / failed)."""
     meta = _json_object(metadata, "--metadata")
     if bool(sources) == (resume is not None):
         raise CliError("give the images to index, or --resume JOB_ID, not both and not neither")
+    if ray is not None:
+        from indexer import ray_ingest
+
+        _engine_call(lambda: ray_ingest.connect(ray))  # before the engine opens: a missing Ray is one line
     items, roots = _ingest_items(sources) if sources else ([], [])
     with _engine(load_settings()) as engine:
         if resume is None:
@@ -314,7 +325,7 @@ def index(
             job = _engine_call(lambda: engine.get_job(job_id))
             if job.collection != collection:
                 raise CliError(f"job {job_id} belongs to collection {job.collection!r}, not {collection!r}")
-        info = _run_with_progress(engine, job_id, quiet)
+        info = _run_with_progress(engine, job_id, quiet, ray)
         _print_job_summary(info)
     if info.state == "failed":
         raise CliError(f"job {info.id} failed: {info.error}")
@@ -334,7 +345,8 @@ def _ensure_collection(engine, name: str, create: bool, encoder: str | None, che
     _engine_call(lambda: engine.create_collection(name, encoder=encoder, checkpoint=checkpoint))
 
 
-def _run_with_progress(engine, job_id: int, quiet: bool):  # noqa: ANN001, ANN202 - Engine -> JobInfo
+def _run_with_progress(engine, job_id: int, quiet: bool, ray: str | None = None):  # noqa: ANN001, ANN202 - Engine -> JobInfo
+    """Run the job here, or on the Ray cluster this process joined (`ray` is its address) when given."""
     from tqdm import tqdm
 
     bar = tqdm(total=None, unit="img", disable=quiet, file=sys.stderr, dynamic_ncols=True)
@@ -345,9 +357,16 @@ def _run_with_progress(engine, job_id: int, quiet: bool):  # noqa: ANN001, ANN20
         bar.set_postfix(added=info.done, duplicates=info.skipped, failed=info.failed, refresh=False)
 
     try:
+        if ray is not None:
+            from indexer import ray_ingest
+
+            return _engine_call(lambda: ray_ingest.run_job(engine, job_id, address=ray, progress=progress))
         return _engine_call(lambda: engine.run_job(job_id, progress=progress))
     except KeyboardInterrupt:
-        raise CliError(f"interrupted; continue with: internvl-search index --resume {job_id} -c <collection>") from None
+        again = f" --ray {ray}" if ray is not None else ""
+        raise CliError(
+            f"interrupted; continue with: internvl-search index --resume {job_id} -c <collection>{again}"
+        ) from None
     finally:
         bar.close()
 
