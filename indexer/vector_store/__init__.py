@@ -4,6 +4,10 @@
     store.add(ids, vectors); store.search(queries, k=10, allowed_ids=ids_matching_filter(...))
     store.save(path); store = load_vector_store(path)
     store = rebuild_vector_store("hnsw", EmbeddingStore(directory, dim))
+    store = create_vector_store("ivf_pq", dim, params={"shards": 8, "on_disk": True}); load_vector_store(p, mmap=True)
+
+`params["shards"]` splits a collection over N indexes of the kind (sharded.py; "auto", the default, shards IVF
+kinds from 20M vectors on); `params["on_disk"]` saves each shard's index as its own file, which `mmap=True` maps.
 
 `flat` is exact and is the reference: tests/indexer/test_vector_store_congruence.py runs every kind in
 `list_vector_store_kinds()` against it.
@@ -16,6 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+import faiss
 import numpy as np
 
 from indexer.errors import CorruptData, InvalidInput
@@ -24,18 +29,22 @@ from indexer.vector_store.embeddings import EmbeddingStore
 from indexer.vector_store.faiss_store import AUTO_FLAT_MAX, AUTO_HNSW_MAX, HNSWStore, IVFFlatStore, IVFPQStore
 from indexer.vector_store.faiss_store import resolve_kind as _resolve_kind
 from indexer.vector_store.flat import FlatStore, gpu_available
+from indexer.vector_store.sharded import SHARD_KEYS, ShardedStore, auto_shards, check_shards, remove_store_files
 
 __all__ = [
     "AUTO_FLAT_MAX",
     "AUTO_HNSW_MAX",
     "EmbeddingStore",
     "SearchResult",
+    "ShardedStore",
+    "auto_shards",
     "VectorStore",
     "create_vector_store",
     "gpu_available",
     "list_vector_store_kinds",
     "load_vector_store",
     "rebuild_vector_store",
+    "remove_store_files",
     "resolve_kind",
 ]
 
@@ -111,8 +120,29 @@ def create_vector_store(
 
     `params` overrides the sizing rules of faiss_store.py (e.g. {"nlist": 1024, "nprobe": 64}, {"ef_search": 256},
     {"m": 32}); `use_gpu` applies to flat search (None: use a GPU when faiss has one).
+
+    `params["shards"]`: an int splits the collection over that many indexes of the kind (a `ShardedStore`);
+    "auto" or absent lets `auto_shards` decide from `expected_size`. `params["on_disk"]`: save the shards' indexes
+    as separate files that `load_vector_store(..., mmap=True)` can map (implies a `ShardedStore`, of 1 shard if
+    need be).
     """
-    return _new_store(resolve_kind(kind, expected_size), dim, params, use_gpu)
+    concrete = resolve_kind(kind, expected_size)
+    params = dict(params or {})
+    shards = params.get("shards", "auto")
+    on_disk = bool(params.get("on_disk", False))
+    if shards in (None, "auto"):
+        gpus = faiss.get_num_gpus() if gpu_available() and use_gpu is not False else 0
+        shards = auto_shards(concrete, expected_size, gpus)
+    shards = check_shards(shards)
+    if shards == 1 and not on_disk:
+        return _new_store(concrete, dim, {k: v for k, v in params.items() if k not in SHARD_KEYS}, use_gpu)
+    return _sharded(concrete, dim, shards, params, on_disk, use_gpu)
+
+
+def _sharded(
+    kind: str, dim: int, shards: int, params: Mapping[str, Any], on_disk: bool, use_gpu: bool | None
+) -> ShardedStore:
+    return ShardedStore(lambda inner: _new_store(kind, dim, inner, use_gpu), kind, dim, shards, params, on_disk=on_disk)
 
 
 def _new_store(kind: str, dim: int, params: Mapping[str, Any] | None, use_gpu: bool | None) -> FaissStore:
@@ -121,13 +151,29 @@ def _new_store(kind: str, dim: int, params: Mapping[str, Any] | None, use_gpu: b
     return _KINDS[kind](dim, params)
 
 
-def load_vector_store(path: str | os.PathLike[str], *, use_gpu: bool | None = None) -> VectorStore:
-    """Read a store written by `save`; `CorruptData` if the file is truncated or altered."""
+def load_vector_store(
+    path: str | os.PathLike[str], *, use_gpu: bool | None = None, mmap: bool = False, verify: bool = True
+) -> VectorStore:
+    """Read a store written by `save`; `CorruptData` if the file is truncated or altered.
+
+    `mmap`: map the shard files of an `on_disk` store instead of reading them (no effect on other stores).
+    `verify`: check shard files against their checksums (reads each once; size is always checked).
+    """
     path = Path(path)
     header, sections = read_store_file(path)
     kind = header.get("kind")
     if kind not in _KINDS:
         raise CorruptData(f"{path} holds an unknown index kind {kind!r}", str(path))
+    if "shards" in header:
+        try:
+            shards = check_shards(header["shards"])
+        except InvalidInput as exc:
+            raise CorruptData(f"{path}: {exc}", str(path)) from None
+        sharded = _sharded(
+            kind, int(header["dim"]), shards, header.get("params") or {}, bool(header.get("on_disk")), use_gpu
+        )
+        sharded.restore(header, sections, path, mmap=mmap, verify=verify)
+        return sharded
     store = _new_store(kind, int(header["dim"]), header.get("params"), use_gpu)
     store.restore(header, sections)
     return store

@@ -46,6 +46,8 @@ class FlatStore(FaissStore):
         self._gpu_resources = None
         self._gpu_index = None
         self._gpu_labels: np.ndarray | None = None
+        # Which GPU searches run on (a sharded store spreads its flat shards over the GPUs).
+        self.gpu_device = 0
 
     def _build_index(self, vectors: np.ndarray) -> faiss.Index:
         return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
@@ -72,7 +74,7 @@ class FlatStore(FaissStore):
             if self._gpu_resources is None:
                 self._gpu_resources = faiss.StandardGpuResources()
             flat = faiss.downcast_index(self._index.index)
-            self._gpu_index = faiss.index_cpu_to_gpu(self._gpu_resources, 0, flat)
+            self._gpu_index = faiss.index_cpu_to_gpu(self._gpu_resources, self.gpu_device, flat)
             # The flat index numbers vectors by position; id_map turns positions back into catalog ids.
             self._gpu_labels = faiss.vector_to_array(self._index.id_map)
         scores, positions = self._gpu_index.search(queries, min(k, len(self._gpu_labels)))
