@@ -237,6 +237,9 @@ def _engine(settings, *, load_collections: bool = False):  # noqa: ANN001, ANN20
         max_image_pixels=settings.max_image_pixels,
         max_source_bytes=settings.max_upload_bytes,
         migrate_max_regression=settings.migrate_max_regression,
+        index_shards=settings.index_shards,
+        index_on_disk=settings.index_on_disk,
+        index_mmap=settings.index_mmap,
     )
     # Jobs interrupted earlier are left to the service (or `index --resume`): a short CLI call must not start them.
     return _engine_call(lambda: Engine(config).open(resume_jobs=False, load_collections=load_collections))

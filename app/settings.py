@@ -10,7 +10,7 @@ import ipaddress
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -105,6 +105,12 @@ class Settings(BaseSettings):
     )
     decode_timeout_s: float = Field(30.0, gt=0, le=3600, description="Time limit of decoding one image.")
     decode_workers: int = Field(4, ge=1, le=256, description="Threads that fetch and decode images while indexing.")
+    # --- vector indexes ---
+    index_shards: Annotated[int, Field(ge=1, le=1024)] | Literal["auto"] = Field(
+        "auto", description="Indexes per collection: auto (by size) or a number from 1; more are searched in parallel."
+    )
+    index_on_disk: bool = Field(False, description="Save each index shard as its own file (see index_mmap).")
+    index_mmap: bool = Field(False, description="Memory-map on-disk index shards instead of reading them at start-up.")
     # --- switching encoders ---
     migrate_max_regression: float = Field(
         0.01, ge=0, le=1, description="A gated migration refuses to switch when the new encoder loses more than this."

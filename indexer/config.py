@@ -55,6 +55,13 @@ class EngineConfig:
     # durable at every batch, and start-up reconciliation repairs an index that is older than them.
     index_save_interval_s: float = 30.0
     default_index_kind: str = "auto"
+    # Indexes per collection: "auto" (by size: IVF kinds from 20M vectors, flat one per GPU) or a number; more than
+    # one is a ShardedStore searched shard by shard in parallel (vector_store/sharded.py).
+    index_shards: int | str = "auto"
+    # Save each shard's index as a file of its own, which `index_mmap` maps instead of reading at start-up
+    # (collections larger than RAM; the page cache keeps what searches touch).
+    index_on_disk: bool = False
+    index_mmap: bool = False
     store_originals: bool = True  # the default storage policy of new collections: originals, or none
     job_workers: int = 2
     # --- switching encoders ---
@@ -72,6 +79,10 @@ class EngineConfig:
                 raise InvalidInput(f"EngineConfig.{name} must be >= 1, got {getattr(self, name)!r}")
         if self.max_image_pixels < 1 or self.max_frames < 1 or self.url_max_redirects < 0 or self.decode_timeout_s <= 0:
             raise InvalidInput("EngineConfig limits must be positive")
+        if self.index_shards != "auto":
+            from indexer.vector_store import check_shards
+
+            check_shards(self.index_shards)
         for network in self.url_allowed_networks:
             try:
                 ipaddress.ip_network(network, strict=False)

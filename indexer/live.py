@@ -99,7 +99,10 @@ class LiveCollection:
         checkpoint = row.checkpoint or self.files.legacy_checkpoint()
         space = Space(row.encoder, checkpoint, row.dim, row.fingerprint, int(row.generation or 0))
         self._swap_lock = threading.Lock()
-        self._serving: tuple[Space, VectorStore] = (space, create_vector_store(target_kind(row.index_kind, 0), row.dim))
+        # How every store of this collection is built and read (EngineConfig.index_shards / index_on_disk / _mmap).
+        self.store_params = {"shards": config.index_shards, "on_disk": config.index_on_disk}
+        self.mmap = config.index_mmap
+        self._serving: tuple[Space, VectorStore] = (space, self._empty(space))
         # `db`: the catalog's engine, for the database half of the writer lock (PostgreSQL; see catalog/locks.py).
         self.lock = WriteLock(self.files.lock_path, advisory_lock(db, COLLECTION_WRITER, row.id))
         self.busy_until = 0.0  # monotonic time before which a reader does not try the writer lock again
@@ -174,7 +177,7 @@ class LiveCollection:
                 self.loaded = False
 
     def _empty(self, space: Space) -> VectorStore:
-        return create_vector_store(target_kind(self.index_kind, 0), space.dim)
+        return create_vector_store(target_kind(self.index_kind, 0), space.dim, params=self.store_params)
 
     def embeddings(self) -> EmbeddingStore:
         """A fresh view of the embedding shards; call with `lock` held (another process may have appended)."""
@@ -219,7 +222,9 @@ class LiveCollection:
         ids, vectors = embeddings.load_all()
         keep = np.isin(ids, keep_ids)
         ids, vectors = ids[keep], vectors[keep]
-        store = create_vector_store(kind or target_kind(self.index_kind, len(ids)), self.dim, expected_size=len(ids))
+        store = create_vector_store(
+            kind or target_kind(self.index_kind, len(ids)), self.dim, expected_size=len(ids), params=self.store_params
+        )
         if len(ids):
             store.add(ids, vectors)
         store.version = self.store.version
@@ -250,7 +255,7 @@ def load_saved(live: LiveCollection, space: Space | None = None) -> tuple[Vector
     if not path.exists():
         return None, "missing"
     try:
-        store = load_vector_store(path)
+        store = load_vector_store(path, mmap=live.mmap)
     except (CorruptData, OSError, RuntimeError, ValueError, KeyError) as exc:
         log.warning("index file unreadable, rebuilding from embeddings", extra={"path": str(path), "error": str(exc)})
         return None, "corrupt"

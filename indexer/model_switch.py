@@ -369,7 +369,9 @@ def _build_store(engine: Engine, live: LiveCollection, space: SpaceRow):  # noqa
     if len(lacking):
         raise Conflict(f"{len(lacking)} indexed images have no vector in the new space (e.g. {lacking[:5].tolist()})")
     keep = np.isin(ids, indexed)
-    store = create_vector_store(target_kind(live.index_kind, int(keep.sum())), space.dim, expected_size=len(indexed))
+    store = create_vector_store(
+        target_kind(live.index_kind, int(keep.sum())), space.dim, expected_size=len(indexed), params=live.store_params
+    )
     if keep.any():
         store.add(ids[keep], vectors[keep])
     return store

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from indexer.vector_store.base import fsync_dir
+from indexer.vector_store.sharded import remove_store_files
 
 
 class CollectionFiles:
@@ -63,7 +64,7 @@ class CollectionFiles:
     def remove_generation(self, generation: int) -> None:
         """Delete one generation's index and embeddings (never the originals or another generation)."""
         if int(generation) == 0:
-            self.index_path_of(0).unlink(missing_ok=True)
+            remove_store_files(self.index_path_of(0))  # the index and an on-disk store's shard files
             _remove_tree(self.embeddings_dir_of(0))
         else:
             _remove_tree(self.generation_dir(generation))

@@ -3,6 +3,7 @@ searches it like the single index, and repairs it on start-up like any other sto
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -45,3 +46,34 @@ def test_engine_serves_and_repairs_a_sharded_index(tmp_path: Path, catalog_url: 
         assert [h.id for h in engine.search("c", text="blue square", k=N)] == ranking
     mapped = load_vector_store(live.files.index_path, mmap=True)
     assert mapped.mapped and np.array_equal(mapped.ids(), ids)
+
+
+def _ranked(engine: Engine, collection: str) -> list[str]:
+    """The search's ranking as content hashes (catalog ids differ between collections)."""
+    return [engine.get_image(collection, h.id).sha256 for h in engine.search(collection, text="blue square", k=N)]
+
+
+def test_engine_config_shards_every_store_of_a_collection(tmp_path: Path, catalog_url: str) -> None:
+    """EngineConfig.index_shards / index_on_disk / index_mmap reach the stores the engine builds, loads and
+    removes: the sharded collection ranks like an unsharded one, reloads mapped, and leaves no shard files behind."""
+    write_images(tmp_path / "imgs", N)
+    plain = engine_config(tmp_path, catalog_url)
+    with Engine(plain, cached_encoder_factory).open() as engine:
+        engine.create_collection("c")
+        engine.run_job(engine.submit("c", [IngestItem.path(tmp_path / "imgs")]))
+        ranking = _ranked(engine, "c")
+    sharded = replace(plain, index_shards=3, index_on_disk=True, index_mmap=True)
+    with Engine(sharded, cached_encoder_factory).open() as engine:
+        engine.create_collection("d")
+        assert engine.run_job(engine.submit("d", [IngestItem.path(tmp_path / "imgs")])).done == N
+        live = engine._live_by_name("d")
+        assert isinstance(live.store, ShardedStore) and live.store.shards == 3
+        assert _ranked(engine, "d") == ranking
+        index_path = live.files.index_path
+    assert shard_directory(index_path).is_dir()
+    with Engine(sharded, cached_encoder_factory).open() as engine:
+        store = engine._live_by_name("d").store
+        assert isinstance(store, ShardedStore) and store.mapped
+        assert _ranked(engine, "d") == ranking
+        engine.delete_collection("d")
+    assert not index_path.exists() and not shard_directory(index_path).exists()
