@@ -327,13 +327,17 @@ class JobRuntime:
         timings = {**clock.as_dict(), "wall_s": round(time.perf_counter() - started, 4)}
         self._finish(job_id, "done" if complete else "queued", timings)
 
-    def _run(self, job_id: int, live: Any, stop: threading.Event, progress: Callable[[JobInfo], None] | None):
+    def _start(
+        self, job_id: int, live: Any, stop: threading.Event, progress: Callable[[JobInfo], None] | None
+    ) -> tuple[Any, list, Callable[[], bool], Callable[[object], None]]:
+        """What every way of running a job needs first: the collection's encoder (refusing weights that do not
+        match its vectors), the planned ledger, the job's roots, a stop check (shutdown or cancel) and a per-batch
+        progress callback."""
         engine, config, sessions = self.engine, self.engine.config, self.engine.sessions
         encoder = engine._collection_encoder(live)
         plan_job(sessions, job_id, config.allowed_roots)
         with session_scope(sessions) as session:
             roots = job_roots(config.allowed_roots, repo.get_job(session, job_id).params or {})
-        downloader = downloader_for(config, engine.resolver)
 
         def should_stop() -> bool:
             if stop.is_set():
@@ -344,6 +348,13 @@ class JobRuntime:
         def on_batch(_result: object) -> None:
             if progress is not None:
                 progress(engine.get_job(job_id, failures=0))
+
+        return encoder, roots, should_stop, on_batch
+
+    def _run(self, job_id: int, live: Any, stop: threading.Event, progress: Callable[[JobInfo], None] | None):
+        engine, config, sessions = self.engine, self.engine.config, self.engine.sessions
+        encoder, roots, should_stop, on_batch = self._start(job_id, live, stop, progress)
+        downloader = downloader_for(config, engine.resolver)
 
         run = PipelineRun(
             job_id,

@@ -40,7 +40,7 @@ from indexer.catalog import repo
 from indexer.catalog.db import session_scope
 from indexer.config import EngineConfig
 from indexer.errors import InvalidInput
-from indexer.jobs import JobInfo, JobRuntime, job_roots, plan_job
+from indexer.jobs import JobInfo, JobRuntime
 from indexer.pipeline.decode import ItemPreparer
 from indexer.pipeline.flow import ItemSpec, Prepared, Settled, StageClock
 from indexer.pipeline.runner import LEDGER_PAGE, SETTLED_FLUSH, UncommittedOriginals
@@ -143,20 +143,7 @@ class RayJobRuntime(JobRuntime):
 
     def _run(self, job_id: int, live: Any, stop: threading.Event, progress: Callable[[JobInfo], None] | None):
         engine, config, sessions = self.engine, self.engine.config, self.engine.sessions
-        encoder = engine._collection_encoder(live)  # refuses weights that do not match the collection's vectors
-        plan_job(sessions, job_id, config.allowed_roots)
-        with session_scope(sessions) as session:
-            roots = job_roots(config.allowed_roots, repo.get_job(session, job_id).params or {})
-
-        def should_stop() -> bool:
-            if stop.is_set():
-                return True
-            with session_scope(sessions) as session:
-                return repo.job_state(session, job_id) == "cancelled"
-
-        def on_batch(_result: object) -> None:
-            if progress is not None:
-                progress(engine.get_job(job_id, failures=0))
+        encoder, roots, should_stop, on_batch = self._start(job_id, live, stop, progress)
 
         decode = _DecodeSpec(
             roots=tuple(roots),
