@@ -15,6 +15,11 @@ Same architecture classes, checkpoint layout and loader as the real model; only 
   ViT patch token classifies colour / shape / size of the 3x3 grid cell it lies in, and one linear head shared by
   the image and text embeddings decodes the whole cell grid from them. Full labels make this dense supervision
   free, and it teaches colour, shape and position in minutes where contrastive loss alone needs hours;
+* classification-style term (`class_batch` > 0; off in the defaults): single-object scenes of only two colours,
+  captioned like zero-shot prompts ("a photo of a red star."), InfoNCE with same-class positives, plus one colour /
+  shape head shared by their image and text embeddings (`class_aux_weight`). Without it the text embedding never
+  takes up shape: under unit normalisation a text direction the image embeddings lack only costs contrastive loss,
+  and the image embedding carries little shape while the text has none, so neither side pulls the other (issue #4);
 * AdamW, linear warmup + cosine decay, the temperature starting at 1/50 instead of CLIP's 1/0.07.
 
 Deterministic: batches are a pure function of (seed, step), so a run stopped with `--stop-after` and continued
@@ -26,11 +31,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import random
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,18 +50,24 @@ from ..internvl import InternVL
 from ..tokenizer import QLLaMATokenizer
 from ..transforms import retrieval_transform
 from . import evaluate
-from .captions import Caption, describe_scene, query_caption
-from .content import scene_satisfies
+from .cg_batches import (
+    N_CELLS,
+    Batch,
+    ClassBatch,
+    SceneBank,
+    build_bank,
+    build_class_bank,
+    make_batch,
+    make_class_batch,
+)
 from .model_card import host_summary
-from .scene import Scene, generate_scene, shape_twin, split_seeds
 from .tokenizer_training import CONFIG_FILE, MODEL_FILE, train_tokenizer
 from .training_common import cosine_lr, normalise_pixels, recipe_from_overrides, run_options, split_ce, training_parser
-from .vocab import COLOURS, LANGUAGES, POSITIONS, SHAPES, SIZES, derive_seed
+from .vocab import COLOURS, SHAPES, SIZES
 
 STATE_FILE = "state.pt"
 LOG_FILE = "training_log.json"
 N_COLOUR, N_SHAPE, N_SIZE = len(COLOURS) + 1, len(SHAPES) + 1, len(SIZES) + 1  # class 0 = empty cell
-N_CELLS = len(POSITIONS)
 
 
 @dataclass(frozen=True)
@@ -100,6 +109,15 @@ class Recipe:
     eval_scenes: int = 200
     save_every: int = 50
     render_workers: int = 2
+    # Classification-style contrastive term (0 = off, the shipped recipe). Each step adds `class_batch` single-object
+    # scenes of only `class_colours` colours, captioned like zero-shot prompts without position ("a photo of a red
+    # star."), with positives = same colour and shape: colour alone cannot solve that batch, only shape can.
+    class_batch: int = 0
+    class_scenes: int = 4000  # single-object training scenes rendered for it (drawn from the train split)
+    class_colours: int = 2  # distinct colours per class batch
+    class_weight: float = 1.0  # weight of its InfoNCE (C and G heads, as the main term)
+    class_template_share: float = 0.5  # share of prompts from the classification templates, the rest query-style
+    class_aux_weight: float = 0.0  # colour/shape CE of one linear head shared by image and text class embeddings
 
     @classmethod
     def from_overrides(cls, overrides: dict[str, Any] | None) -> Recipe:
@@ -132,132 +150,6 @@ def build_config(recipe: Recipe, vocab_size: int) -> InternVLConfig:
     )
 
 
-# --- data ---------------------------------------------------------------------------------------------------------
-@dataclass
-class SceneBank:
-    """The training scenes: layouts (for captions and positives), pixels and per-cell labels."""
-
-    scenes: list[Scene]
-    pixels: torch.Tensor  # (N, 3, S, S) uint8, squashed from 224 px as retrieval_transform does
-    cells: torch.Tensor  # (N, 9, 3) int64: colour, shape, size class per grid cell, 0 = empty
-
-
-def _scene(key: tuple[int, bool]) -> Scene:
-    seed, twin = key
-    return shape_twin(generate_scene(seed)) if twin else generate_scene(seed)
-
-
-def _render_chunk(keys: Sequence[tuple[int, bool]], size: int) -> np.ndarray:
-    """(n, S, S, 3) uint8: scenes rendered at their default size, then resized like the inference transform."""
-    out = np.empty((len(keys), size, size, 3), dtype=np.uint8)
-    for i, key in enumerate(keys):
-        out[i] = np.asarray(_scene(key).image.resize((size, size), Image.Resampling.BICUBIC))
-    return out
-
-
-def render_pixels(seeds: Sequence[tuple[int, bool]], size: int, workers: int) -> torch.Tensor:
-    """Render in `workers` processes when it pays; the result does not depend on the split (pure per seed)."""
-    if workers <= 1 or len(seeds) < 2000:
-        arrays = [_render_chunk(seeds, size)]
-    else:
-        step = math.ceil(len(seeds) / (4 * workers))
-        chunks = [seeds[i : i + step] for i in range(0, len(seeds), step)]
-        with ProcessPoolExecutor(workers) as pool:
-            arrays = list(pool.map(_render_chunk, chunks, [size] * len(chunks)))
-    return torch.from_numpy(np.concatenate(arrays)).permute(0, 3, 1, 2).contiguous()
-
-
-def cell_labels(scene: Scene) -> torch.Tensor:
-    """(9, 3): colour / shape / size class of the object in each grid cell (the layout allows one per cell)."""
-    labels = torch.zeros(N_CELLS, 3, dtype=torch.long)
-    for obj in scene.objects:
-        cell = POSITIONS.index(obj.position)
-        labels[cell, 0] = list(COLOURS).index(obj.colour) + 1
-        labels[cell, 1] = SHAPES.index(obj.shape) + 1
-        labels[cell, 2] = SIZES.index(obj.size) + 1
-    return labels
-
-
-def build_bank(recipe: Recipe, seed: int) -> SceneBank:
-    """Scenes 0..n-1 are originals; with shape twins, scene n + i is the twin of scene i."""
-    n = recipe.train_scenes // 2 if recipe.shape_twins else recipe.train_scenes
-    seeds = split_seeds("train", n, seed)
-    keys = [(s, False) for s in seeds] + ([(s, True) for s in seeds] if recipe.shape_twins else [])
-    scenes = [_scene(k) for k in keys]  # layouts only: pixels are rendered in the workers
-    pixels = render_pixels(keys, recipe.image_size, recipe.render_workers)
-    cells = torch.stack([cell_labels(s) for s in scenes])
-    return SceneBank(scenes, pixels, cells)
-
-
-@dataclass
-class Batch:
-    index: torch.Tensor  # (B,) rows of the bank
-    input_ids: list[torch.Tensor]  # length-bucketed chunks of right-padded ids
-    order: torch.Tensor  # position of each text (in batch order) inside the concatenated chunks
-    positives: torch.Tensor  # (B texts, B images) bool: image j satisfies caption i
-    full: torch.Tensor  # (B,) bool: the caption describes every object (so it determines every cell)
-
-
-def _object_key(scene: Scene) -> tuple:
-    return tuple(sorted((o.colour, o.shape, o.position) for o in scene.objects))
-
-
-def positives_matrix(scenes: Sequence[Scene], captions: Sequence[Caption]) -> torch.Tensor:
-    """(T, B) bool, caption i satisfied by scene j; full captions only need checking against equal object sets."""
-    by_key: dict[tuple, list[int]] = {}
-    for j, scene in enumerate(scenes):
-        by_key.setdefault(_object_key(scene), []).append(j)
-    out = torch.zeros(len(captions), len(scenes), dtype=torch.bool)
-    for i, caption in enumerate(captions):
-        if caption.content.complete:
-            candidates = by_key.get(_object_key(scenes[i]), [])  # caption i describes scene i
-        else:
-            candidates = range(len(scenes))
-        for j in candidates:
-            out[i, j] = scene_satisfies(scenes[j], caption.content)
-    return out
-
-
-def bucket_ids(
-    tokenizer: QLLaMATokenizer, texts: Sequence[str], chunks: int = 4
-) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Tokenize, sort by length and pad per chunk: Chinese/Japanese captions are twice as long as the rest, and
-    padding everything to the longest wastes half the text compute. The EOS feature does not see padding."""
-    rows = [tokenizer.encode(t) for t in texts]
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
-    size = math.ceil(len(rows) / chunks)
-    out = []
-    for start in range(0, len(rows), size):
-        part = [rows[i] for i in order[start : start + size]]
-        ids = torch.zeros(len(part), max(len(r) for r in part), dtype=torch.long)
-        for k, row in enumerate(part):
-            ids[k, : len(row)] = torch.tensor(row)
-        out.append(ids)
-    inverse = torch.empty(len(rows), dtype=torch.long)
-    inverse[torch.tensor(order)] = torch.arange(len(rows))
-    return out, inverse
-
-
-def make_batch(bank: SceneBank, tokenizer: QLLaMATokenizer, recipe: Recipe, seed: int, step: int) -> Batch:
-    """The batch of `step`: a pure function of (seed, step), which is what makes resuming exact."""
-    rng = random.Random(derive_seed("batch", seed, step))
-    if recipe.shape_twins:  # pairs that only shape tells apart
-        n = len(bank.scenes) // 2
-        half = rng.sample(range(n), recipe.batch_size // 2)
-        index = half + [i + n for i in half]
-    else:
-        index = rng.sample(range(len(bank.scenes)), recipe.batch_size)
-    scenes = [bank.scenes[i] for i in index]
-    captions = []
-    for scene in scenes:
-        language = rng.choice(LANGUAGES)
-        short = rng.random() < recipe.query_fraction
-        captions.append((query_caption if short else describe_scene)(scene, language, rng.getrandbits(32)))
-    ids, order = bucket_ids(tokenizer, [c.text for c in captions])
-    full = torch.tensor([c.content.complete for c in captions])
-    return Batch(torch.tensor(index), ids, order, positives_matrix(scenes, captions), full)
-
-
 # --- model, auxiliary heads, loss ---------------------------------------------------------------------------------
 class AuxHeads(nn.Module):
     """Training-only classifiers: per patch token and per embedding (all cells).
@@ -268,13 +160,17 @@ class AuxHeads(nn.Module):
     learns the grid several times slower.
     """
 
-    def __init__(self, vision_width: int, embed_dim: int) -> None:
+    def __init__(self, vision_width: int, embed_dim: int, class_head: bool = False) -> None:
         super().__init__()
         self.patch = nn.Linear(vision_width, N_CELLS * (N_COLOUR + N_SHAPE + N_SIZE))
         self.scene = nn.Linear(embed_dim, N_CELLS * (N_COLOUR + N_SHAPE))
         # Shape is learned from this one: per-patch targets are mostly "empty cell" and a patch sees a fragment
         # of its object, and with them alone the tower learned colour and position but shape stayed at chance.
         self.cell = nn.Linear(vision_width, N_COLOUR + N_SHAPE + N_SIZE)
+        # Classification-style term only (class_aux_weight > 0): colour / shape of a single-object embedding,
+        # one head for image and text, so both put shape along the same directions from the start.
+        if class_head:
+            self.klass = nn.Linear(embed_dim, len(COLOURS) + len(SHAPES))
 
 
 def patch_cells(image_size: int, patch_size: int) -> torch.Tensor:
@@ -307,14 +203,45 @@ def scene_ce(heads: AuxHeads, embeds: torch.Tensor, cells: torch.Tensor) -> torc
     return split_ce(logits, cells[..., :2], (N_COLOUR, N_SHAPE))
 
 
+def class_term(
+    model: InternVL, heads: AuxHeads, recipe: Recipe, batch: ClassBatch, image_c: torch.Tensor, image_g: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The classification-style losses of the single-object batch: InfoNCE of its C and G image embeddings against
+    its prompts (same colour and shape = positive) and, with `class_aux_weight`, the shared colour / shape head."""
+    device = image_c.device
+    text = torch.cat([model.encode_text(ids.to(device)) for ids in batch.input_ids])
+    text = _unit(text[batch.order.to(device)])
+    positives, scale = batch.positives.to(device), model.logit_scale.exp()
+    out = {"cls": (contrastive(image_c, text, positives, scale) + contrastive(image_g, text, positives, scale)) / 2}
+    if recipe.class_aux_weight > 0:
+        embeds = torch.cat([image_c, image_g, text])
+        logits = heads.klass(embeds * math.sqrt(embeds.shape[1]))
+        out["cls_aux"] = split_ce(logits, batch.labels.to(device).repeat(3, 1), (len(COLOURS), len(SHAPES)))
+    return out
+
+
 def compute_loss(
-    model: InternVL, heads: AuxHeads, batch: Batch, bank: SceneBank, recipe: Recipe, cells_of_patch: torch.Tensor
+    model: InternVL,
+    heads: AuxHeads,
+    batch: Batch,
+    bank: SceneBank,
+    recipe: Recipe,
+    cells_of_patch: torch.Tensor,
+    class_batch: ClassBatch | None = None,
+    class_bank: SceneBank | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     device = cells_of_patch.device
     pixels = normalise_pixels(bank.pixels[batch.index].to(device))
+    if class_batch is not None:  # one ViT / query pass for both image sets
+        pixels = torch.cat([pixels, normalise_pixels(class_bank.pixels[class_batch.index].to(device))])
     tokens = model.vision_model(pixels).last_hidden_state  # (B, 1+P, Cv)
     image_c = _unit(model.clip_projector(tokens))
     image_g = _unit(image_c + _unit(model.clip_projector2(model.encode_queries(tokens))))  # forward()'s G
+    n_main = len(batch.index)
+    extra: dict[str, torch.Tensor] = {}
+    if class_batch is not None:
+        extra = class_term(model, heads, recipe, class_batch, image_c[n_main:], image_g[n_main:])
+        tokens, image_c, image_g = tokens[:n_main], image_c[:n_main], image_g[:n_main]
     text = torch.cat([model.encode_text(ids.to(device)) for ids in batch.input_ids])[batch.order.to(device)]
     text = _unit(text)
     scale = model.logit_scale.exp()
@@ -334,6 +261,10 @@ def compute_loss(
     aux = recipe.aux_patch_weight * aux_patch + recipe.aux_cell_weight * aux_cell
     aux = aux + recipe.aux_embed_weight * (aux_image + aux_text)
     loss = loss_c + loss_g + aux
+    if "cls" in extra:
+        loss = loss + recipe.class_weight * extra["cls"]
+    if "cls_aux" in extra:
+        loss = loss + recipe.class_aux_weight * extra["cls_aux"]
     parts = {
         "loss": loss,
         "c": loss_c,
@@ -342,6 +273,7 @@ def compute_loss(
         "aux_cell": aux_cell,
         "aux_img": aux_image,
         "aux_txt": aux_text,
+        **extra,
     }
     return loss, {k: float(v.detach()) for k, v in parts.items()}
 
@@ -445,16 +377,20 @@ def _setup(recipe: Recipe, seed: int, state_dir: Path, device: torch.device) -> 
     model = InternVL(build_config(recipe, tokenizer.vocab_size))
     with torch.no_grad():
         model.logit_scale.fill_(math.log(recipe.logit_scale_init))
-    heads = AuxHeads(recipe.vision_width, recipe.embed_dim)
+    heads = AuxHeads(
+        recipe.vision_width, recipe.embed_dim, class_head=recipe.class_batch > 0 and recipe.class_aux_weight > 0
+    )
     model.to(device).train()
     heads.to(device).train()
     return tokenizer, model, heads, make_optimizer(model, heads, recipe)
 
 
-def _train_step(model, heads, opt, batch, bank, recipe, cells_of_patch, step) -> dict[str, float]:
+def _train_step(
+    model, heads, opt, batch, bank, recipe, cells_of_patch, step, class_batch=None, class_bank=None
+) -> dict[str, float]:
     for group in opt.param_groups:
         group["lr"] = learning_rate(recipe, step)
-    loss, parts = compute_loss(model, heads, batch, bank, recipe, cells_of_patch)
+    loss, parts = compute_loss(model, heads, batch, bank, recipe, cells_of_patch, class_batch, class_bank)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_([*model.parameters(), *heads.parameters()], recipe.grad_clip)
@@ -500,13 +436,17 @@ def train(
     step = load_state(state_dir / STATE_FILE, model, heads, opt, log) if resume else 0
     elapsed_before = log["elapsed_s"]
     bank = build_bank(recipe, seed)
+    class_bank = build_class_bank(recipe, seed)
     report(f"{len(bank.scenes)} training scenes ready after {time.monotonic() - started:.0f} s on {device}")
     cells_of_patch = patch_cells(recipe.image_size, recipe.patch_size).to(device)
     window: list[dict[str, float]] = []
     last = min(recipe.steps, stop_after or recipe.steps)
     while step < last:
         batch = make_batch(bank, tokenizer, recipe, seed, step)
-        window.append(_train_step(model, heads, opt, batch, bank, recipe, cells_of_patch, step))
+        class_batch = make_class_batch(class_bank, tokenizer, recipe, seed, step) if class_bank else None
+        window.append(
+            _train_step(model, heads, opt, batch, bank, recipe, cells_of_patch, step, class_batch, class_bank)
+        )
         step += 1
         log["elapsed_s"] = elapsed_before + time.monotonic() - started
         evaluating = step % recipe.eval_every == 0 or step == recipe.steps

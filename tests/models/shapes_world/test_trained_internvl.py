@@ -137,3 +137,19 @@ def test_command_line_trains_the_recipe_it_is_given(tmp_path: Path) -> None:
     log = json.loads((tmp_path / "cli" / "training_log.json").read_text())
     assert log["recipe"]["steps"] == 4 and log["seed"] == 3 and [row["step"] for row in log["curve"]] == [4]
     assert (tmp_path / "cli" / "model.safetensors").is_file()
+
+
+def test_classification_term_is_deterministic_and_exports_the_official_keys(tmp_path: Path) -> None:
+    """The classification-style term (class_batch, class_aux_weight) resumes exactly too, is logged, and adds
+    nothing to the checkpoint: its shared head is training-only, like the other auxiliary heads."""
+    recipe = dataclasses.replace(MICRO, class_batch=8, class_scenes=40, class_aux_weight=5.0)
+    straight = train(tmp_path / "straight", seed=3, recipe=recipe, report=lambda _: None)
+    state_dir = tmp_path / "state"
+    train(tmp_path / "resumed", seed=3, recipe=recipe, report=lambda _: None, stop_after=4, state_dir=state_dir)
+    train(tmp_path / "resumed", seed=3, recipe=recipe, report=lambda _: None, resume=True, state_dir=state_dir)
+    a = load_file(tmp_path / "straight" / "model.safetensors")
+    b = load_file(tmp_path / "resumed" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert {"cls", "cls_aux"} <= set(straight["curve"][-1])
+    _run(tmp_path / "plain")
+    assert load_file(tmp_path / "plain" / "model.safetensors").keys() == a.keys()
