@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import faiss
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -20,3 +21,13 @@ def sessions(catalog_url: str) -> Iterator[sessionmaker[Session]]:
         yield make_sessionmaker(engine)
     finally:
         engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def one_faiss_thread() -> Iterator[None]:
+    """One OpenMP thread for a module's small faiss builds: on a busy 2-core CI box OpenMP's spin-waiting threads
+    fight each other and training gets ~10x slower than single-threaded."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)

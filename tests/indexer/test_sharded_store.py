@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pytest
 
@@ -26,6 +25,9 @@ from indexer.vector_store import (
 )
 from indexer.vector_store.base import FaissStore
 from indexer.vector_store.sharded import AUTO_SHARD_FROM, AUTO_SHARD_VECTORS, shard_directory, shard_of
+
+# One OpenMP thread (tests/indexer/conftest.py): small faiss builds on a busy 2-core box.
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 N, DIM, NQ, K = 12_000, 32, 60, 10
 
@@ -55,14 +57,6 @@ def assert_same(got, want, *, bitwise: bool = False) -> None:  # noqa: ANN001
         np.testing.assert_array_equal(got.scores, want.scores)
     else:
         np.testing.assert_allclose(got.scores, want.scores, rtol=0, atol=1e-6)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_faiss_thread():
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

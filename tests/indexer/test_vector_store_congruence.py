@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pytest
 
@@ -23,6 +22,9 @@ from indexer.vector_store import (
     resolve_kind,
 )
 from indexer.vector_store.flat import overfetch_search
+
+# One OpenMP thread (tests/indexer/conftest.py): small faiss builds on a busy 2-core box.
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 KINDS = list_vector_store_kinds()
 N, DIM, NQ, K = 20_000, 64, 100, 10
@@ -44,16 +46,6 @@ def clustered(n: int, nq: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, n
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
     hits = [len(set(f[f >= 0]) & set(t[t >= 0])) / max(1, (t >= 0).sum()) for f, t in zip(found, truth)]
     return float(np.mean(hits))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_faiss_thread():
-    """One OpenMP thread for these small builds: on a busy 2-core CI box, OpenMP's spin-waiting threads fight
-    each other and training gets ~10x slower than single-threaded."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,9 @@ from indexer.errors import InvalidInput
 from indexer.vector_store import create_vector_store, load_vector_store
 from indexer.vector_store.faiss_store import ladder
 
+# One OpenMP thread (tests/indexer/conftest.py): small faiss builds on a busy 2-core box.
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
+
 K, DIM, NQ = 10, 64, 100
 MIN_RECALL = 0.95
 # IVF-PQ trains its codebooks for seconds per 10k vectors on a busy CI machine; 8k vectors still give 128 lists.
@@ -51,15 +54,6 @@ def exact_top_k(ids: np.ndarray, x: np.ndarray, q: np.ndarray, allowed: np.ndarr
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(f.tolist()) & set(t.tolist())) / K for f, t in zip(found, truth)]))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_faiss_thread():
-    """One OpenMP thread: on a busy 2-core CI box spin-waiting OpenMP threads make small builds ~10x slower."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
