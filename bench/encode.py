@@ -87,10 +87,11 @@ def paired(fns: dict[str, Callable[[], object]], device: torch.device, min_secon
         sync()
         return (time.perf_counter() - start) / calls
 
-    warm = {name: once(fn, 1) for name, fn in fns.items()}  # also the warm-up (first calls compile, allocate)
-    warm = {name: once(fn, 1) for name, fn in fns.items()}
-    slowest = max(warm.values())
-    calls = {name: max(1, min(1000, round(slowest / max(t, 1e-9)))) for name, t in warm.items()}
+    for fn in fns.values():  # warm-up: first calls compile, allocate, autotune
+        once(fn, 1)
+    single = {name: once(fn, 1) for name, fn in fns.items()}  # one warm call each, to size the turns
+    slowest = max(single.values())
+    calls = {name: max(1, min(1000, round(slowest / max(t, 1e-9)))) for name, t in single.items()}
     times: dict[str, list[float]] = {name: [] for name in fns}
     while len(times[next(iter(fns))]) < 3 or max(sum(t) * calls[n] for n, t in times.items()) < min_seconds:
         for name, fn in fns.items():
