@@ -27,6 +27,7 @@ RETRIEVAL_FLOORS = {"R@1": 0.70, "R@5": 0.92, "gap_to_en": 0.05, "top1": 0.70}
 CHAT_FLOORS = {"colour": 0.75, "shape": 0.75, "existence": 0.75, "count": 0.70, "position": 0.60,
                "multi_image": 0.70}  # fmt: skip
 CHAT_IOU_RATE, CHAT_LOOK_GAIN = 0.40, 0.4
+TIME_BUDGET_MIN = 45  # both models from scratch on 2 CPU cores
 
 
 def host_summary() -> dict[str, Any]:
@@ -113,6 +114,10 @@ def retrieval_misses(report: dict[str, Any]) -> list[str]:
     return out
 
 
+RETRIEVAL_CURVE = ["step", "loss", "c", "g", "cls", "cls_aux", "aux_patch", "temperature_inv", "val_r1_c", "val_r1_g",
+                   "elapsed_s"]  # fmt: skip
+
+
 def retrieval_section(directory: Path) -> list[str]:
     log, report = _read(directory / LOG_FILE), _read(directory / EVAL_FILE)
     if log is None or report is None:
@@ -154,7 +159,7 @@ def retrieval_section(directory: Path) -> list[str]:
         "",
         "### Learning curve (validation R@1, mean over the six languages, 200 validation scenes)",
         "",
-        *_curve(log, ["step", "loss", "c", "g", "aux_patch", "temperature_inv", "val_r1_c", "val_r1_g", "elapsed_s"]),
+        *_curve(log, RETRIEVAL_CURVE),
         "",
         *_recipe(log),
     ]
@@ -224,6 +229,15 @@ def chat_section(directory: Path) -> list[str]:
     return lines
 
 
+def _total_time(weights: Path) -> list[str]:
+    """The line on both trainings' wall time against issue #4's budget, once both logs exist."""
+    logs = [_read(weights / name / LOG_FILE) for name in (RETRIEVAL_DIR, CHAT_DIR)]
+    if any(log is None for log in logs):
+        return []
+    total = sum(log["wall_time_s"] for log in logs)  # type: ignore[index]
+    return ["", f"Both trainings from scratch: **{_minutes(total)}** of wall clock (budget {TIME_BUDGET_MIN} min)."]
+
+
 def render_card(weights: Path) -> str:
     """The card's markdown, from what lies in `weights` (its two checkpoint directories)."""
     lines = [
@@ -237,6 +251,7 @@ def render_card(weights: Path) -> str:
         "downloading weights; they know nothing beyond this world.",
         "",
         "Re-train both and rewrite this card: `make train-shapes` (same seed -> same weights and metrics on CPU).",
+        *_total_time(weights),
         "",
         *retrieval_section(weights / RETRIEVAL_DIR),
         "",

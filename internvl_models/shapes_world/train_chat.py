@@ -89,7 +89,7 @@ class Recipe:
     vision_steps: int = 120
     vision_batch: int = 128
     vision_lr: float = 1e-3
-    steps: int = 1150
+    steps: int = 1600
     batch_size: int = 64  # conversations
     turns: int = 1  # questions per conversation
     curriculum: tuple[float, ...] = (0.15, 0.3, 0.45)  # see make_batch

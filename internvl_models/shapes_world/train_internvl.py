@@ -93,7 +93,7 @@ class Recipe:
         False  # True: every batch half originals, half their shape twins (scene.shape_twin); see MODEL_CARD
     )
     batch_size: int = 128
-    steps: int = 900
+    steps: int = 700
     lr: float = 2e-3
     min_lr_ratio: float = 0.02
     weight_decay: float = 0.05
@@ -109,15 +109,15 @@ class Recipe:
     eval_scenes: int = 200
     save_every: int = 50
     render_workers: int = 2
-    # Classification-style contrastive term (0 = off, the shipped recipe). Each step adds `class_batch` single-object
+    # Classification-style contrastive term (class_batch 0 = off). Each step adds `class_batch` single-object
     # scenes of only `class_colours` colours, captioned like zero-shot prompts without position ("a photo of a red
     # star."), with positives = same colour and shape: colour alone cannot solve that batch, only shape can.
-    class_batch: int = 0
-    class_scenes: int = 4000  # single-object training scenes rendered for it (drawn from the train split)
+    class_batch: int = 64
+    class_scenes: int = 3000  # single-object training scenes rendered for it (drawn from the train split)
     class_colours: int = 2  # distinct colours per class batch
     class_weight: float = 1.0  # weight of its InfoNCE (C and G heads, as the main term)
     class_template_share: float = 0.5  # share of prompts from the classification templates, the rest query-style
-    class_aux_weight: float = 0.0  # colour/shape CE of one linear head shared by image and text class embeddings
+    class_aux_weight: float = 5.0  # colour/shape CE of one linear head shared by image and text class embeddings
 
     @classmethod
     def from_overrides(cls, overrides: dict[str, Any] | None) -> Recipe:
