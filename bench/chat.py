@@ -16,10 +16,10 @@ import dataclasses
 import json
 import platform
 import time
-from collections.abc import Callable
 
 import torch
 
+from bench.encode import timed
 from internvl_models.chat import InternVLChat, load_chat_model
 from internvl_models.chat_config import ChatConfig
 from internvl_models.config import InternViTConfig
@@ -58,31 +58,18 @@ def synthetic_model(name: str, device: torch.device, dtype: torch.dtype) -> Inte
     return model.to(dtype).eval()
 
 
-def timed(fn: Callable[[], object], device: torch.device, min_seconds: float) -> float:
-    """Seconds per call after one warm-up call, averaged over at least `min_seconds` (and 2 calls)."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    fn()
-    sync()
-    calls, start = 0, time.perf_counter()
-    while True:
-        fn()
-        calls += 1
-        sync()
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_seconds and calls >= 2:
-            return elapsed / calls
-
-
 @torch.inference_mode()
 def measure(model: InternVLChat, args: argparse.Namespace, device: torch.device) -> dict[str, float]:
     config, lm = model.config, model.language_model
     dtype = next(model.parameters()).dtype
     size = config.image_size
     tiles = torch.randn(args.tiles, 3, size, size, device=device, dtype=dtype)
-    vision_s = timed(lambda: model.extract_feature(tiles), device, args.seconds)
+    vision_s = timed(lambda: model.extract_feature(tiles), device, args.seconds, min_calls=2)
     prompt_len = args.tiles * config.num_image_token + args.text_tokens
     embeds = torch.randn(1, prompt_len, config.llm_hidden_size, device=device, dtype=dtype) * 0.02
-    prefill_s = timed(lambda: lm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1), device, args.seconds)
+    prefill_s = timed(
+        lambda: lm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1), device, args.seconds, min_calls=2
+    )
 
     def decode() -> float:
         """Prefill (untimed), then `decode_tokens` greedy steps; returns the seconds of the steps."""

@@ -49,8 +49,8 @@ QUERY_LENGTHS = [10, 12, 13, 15, 16, 18, 20, 25]
 OFFICIAL_LENGTH = 80
 
 
-def timed(fn: Callable[[], object], device: torch.device, min_seconds: float) -> float:
-    """Seconds per call, after one warm-up call, averaged over at least `min_seconds` (and 3 calls)."""
+def timed(fn: Callable[[], object], device: torch.device, min_seconds: float, min_calls: int = 3) -> float:
+    """Seconds per call, after one warm-up call, averaged over at least `min_seconds` (and `min_calls` calls)."""
     fn()
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sync()
@@ -60,7 +60,7 @@ def timed(fn: Callable[[], object], device: torch.device, min_seconds: float) ->
         calls += 1
         sync()
         elapsed = time.perf_counter() - start
-        if elapsed >= min_seconds and calls >= 3:
+        if elapsed >= min_seconds and calls >= min_calls:
             return elapsed / calls
 
 
