@@ -15,7 +15,7 @@
 #   ingest_14b   a random InternVL-C written as a 28 GB checkpoint and loaded by the real loader (peak memory vs
 #                weights, goal <= 1.1x), then 2048 photos ingested end to end vs model-only (goal >= 0.9)
 #   encode_14b_compile  images at batch 64 with torch.compile beside eager (compile time and speed-up)
-#   gpu_tests    the CUDA tests (batch size planned from free memory)
+#   gpu_tests    the CUDA tests (batch size planned from free memory; flat search on the GPU through torch)
 #   gpu_search   exact search over 1M x 768 vectors in fp32/fp16 with torch: latency vs the HBM bound (goal <= 2x)
 #   chat_1b      InternVL2.5-1B's shapes, random bf16 weights: vision tiles/s, prefill and decode tokens/s
 #   encode_14b_b128  images only at batch 128 (does MFU still rise past 64?)
@@ -67,7 +67,7 @@ step encode_14b 240 "$PY" -m bench.encode --config 14b --device cuda --image-bat
 step ingest_14b 240 "$PY" -m bench.ingest --random-internvl 14b --device cuda --images 2048 --batch 64 --seconds 3 --json
 step encode_14b_compile 240 "$PY" -m bench.encode --config 14b --device cuda --image-batch 64 --text-batch 8 --seconds 2 \
     --compile --json
-step gpu_tests 90 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/models/test_memory.py
+step gpu_tests 90 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/models/test_memory.py tests/indexer/test_flat_torch_search.py
 step gpu_search 90 "$PY" -m bench.gpu_search --sizes 1000000 --dim 768
 step chat_1b 90 "$PY" -m bench.chat --config 1b --device cuda --seconds 2
 step encode_14b_b128 120 "$PY" -m bench.encode --config 14b --device cuda --image-batch 128 --text-batch 8 --seconds 2 \

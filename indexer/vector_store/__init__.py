@@ -20,7 +20,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-import faiss
 import numpy as np
 
 from indexer.errors import CorruptData, InvalidInput
@@ -28,7 +27,7 @@ from indexer.vector_store.base import FaissStore, SearchResult, read_store_file
 from indexer.vector_store.embeddings import EmbeddingStore
 from indexer.vector_store.faiss_store import AUTO_FLAT_MAX, AUTO_HNSW_MAX, HNSWStore, IVFFlatStore, IVFPQStore
 from indexer.vector_store.faiss_store import resolve_kind as _resolve_kind
-from indexer.vector_store.flat import FlatStore, gpu_available
+from indexer.vector_store.flat import FlatStore, gpu_available, gpu_count
 from indexer.vector_store.sharded import SHARD_KEYS, ShardedStore, auto_shards, check_shards, remove_store_files
 
 __all__ = [
@@ -119,7 +118,7 @@ def create_vector_store(
     """An empty store of `kind` ("auto" resolves with `expected_size`).
 
     `params` overrides the sizing rules of faiss_store.py (e.g. {"nlist": 1024, "nprobe": 64}, {"ef_search": 256},
-    {"m": 32}); `use_gpu` applies to flat search (None: use a GPU when faiss has one).
+    {"m": 32}); `use_gpu` applies to flat search (None: use a GPU when there is one, through faiss or torch).
 
     `params["shards"]`: an int splits the collection over that many indexes of the kind (a `ShardedStore`);
     "auto" or absent lets `auto_shards` decide from `expected_size`. `params["on_disk"]`: save the shards' indexes
@@ -131,7 +130,7 @@ def create_vector_store(
     shards = params.get("shards", "auto")
     on_disk = bool(params.get("on_disk", False))
     if shards in (None, "auto"):
-        gpus = faiss.get_num_gpus() if gpu_available() and use_gpu is not False else 0
+        gpus = gpu_count() if use_gpu is not False else 0
         shards = auto_shards(concrete, expected_size, gpus)
     shards = check_shards(shards)
     if shards == 1 and not on_disk:

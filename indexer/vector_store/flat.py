@@ -1,9 +1,10 @@
 """Exact inner-product search: the reference every other back end is compared with.
 
-On a machine whose faiss build has GPU support and sees a GPU, searches run on a GPU copy of the vectors; the CPU
-index stays the source of truth (it is what gets saved, filtered and mutated) and the GPU copy is rebuilt lazily
-after a change. GPU indexes do not take ID selectors, so a filtered GPU search over-fetches and drops disallowed
-ids until k survive (falling back to the CPU selector search past the GPU's k limit).
+On a machine with a GPU, searches run on a GPU copy of the vectors: faiss's own GPU index when the installed faiss
+was built with CUDA, otherwise a torch tensor on the device (matmul + top-k; PyPI's faiss-cpu has no GPU build, torch
+does). The CPU index stays the source of truth (it is what gets saved, filtered and mutated) and the GPU copy is
+rebuilt lazily after a change. GPU copies do not take ID selectors, so a filtered GPU search over-fetches and drops
+disallowed ids until k survive (falling back to the CPU selector search past the GPU's k limit).
 """
 
 from __future__ import annotations
@@ -29,9 +30,30 @@ from indexer.vector_store.base import (
 GPU_MAX_K = 2048
 
 
+# Query rows scored at once on the torch path: bounds the (rows x n) score matrix to 1 GiB of float32.
+TORCH_SCORE_BYTES = 2**30
+
+
+def faiss_gpus() -> int:
+    """GPUs the installed faiss can use (0 for faiss-cpu builds)."""
+    return faiss.get_num_gpus() if hasattr(faiss, "StandardGpuResources") else 0
+
+
+def torch_gpus() -> int:
+    """CUDA devices torch sees (torch is imported here only: the CPU path never needs it)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def gpu_count() -> int:
+    """GPUs flat search can use: faiss's when its build has CUDA, otherwise torch's."""
+    return faiss_gpus() or torch_gpus()
+
+
 def gpu_available() -> bool:
-    """True when the installed faiss was built with CUDA and can see at least one GPU."""
-    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+    """True when flat search can run on a GPU (faiss GPU build, or torch with CUDA)."""
+    return gpu_count() > 0
 
 
 class FlatStore(FaissStore):
@@ -40,11 +62,21 @@ class FlatStore(FaissStore):
     kind = "flat"
     exact = True
 
-    def __init__(self, dim: int, params: Mapping[str, Any] | None = None, *, use_gpu: bool | None = None) -> None:
+    def __init__(
+        self,
+        dim: int,
+        params: Mapping[str, Any] | None = None,
+        *,
+        use_gpu: bool | None = None,
+        torch_device: str | None = None,
+    ) -> None:
+        """`torch_device` ("cuda:1", "mps", "cpu", ...) runs searches through the torch path on that device whatever
+        faiss offers (a GPU faiss lacks, or the torch path itself on a CPU)."""
         super().__init__(dim, params)
-        self.use_gpu = gpu_available() if use_gpu is None else use_gpu and gpu_available()
+        self.torch_device = torch_device
+        self.use_gpu = torch_device is not None or (gpu_available() if use_gpu is None else use_gpu and gpu_available())
         self._gpu_resources = None
-        self._gpu_index = None
+        self._gpu_index: Any = None  # faiss GPU index, or (torch matrix, labels) on the torch path
         self._gpu_labels: np.ndarray | None = None
         # Which GPU searches run on (a sharded store spreads its flat shards over the GPUs).
         self.gpu_device = 0
@@ -70,19 +102,47 @@ class FlatStore(FaissStore):
             return found if found is not None else super().search(queries, k, candidates)
 
     def _gpu_search(self, queries: np.ndarray, k: int) -> SearchResult:
+        torch_path = self.torch_device is not None or not faiss_gpus()
         if self._gpu_index is None:
-            if self._gpu_resources is None:
-                self._gpu_resources = faiss.StandardGpuResources()
             flat = faiss.downcast_index(self._index.index)
-            self._gpu_index = faiss.index_cpu_to_gpu(self._gpu_resources, self.gpu_device, flat)
             # The flat index numbers vectors by position; id_map turns positions back into catalog ids.
             self._gpu_labels = faiss.vector_to_array(self._index.id_map)
-        scores, positions = self._gpu_index.search(queries, min(k, len(self._gpu_labels)))
+            if torch_path:
+                self._gpu_index = self._torch_matrix(flat)
+            else:
+                if self._gpu_resources is None:
+                    self._gpu_resources = faiss.StandardGpuResources()
+                self._gpu_index = faiss.index_cpu_to_gpu(self._gpu_resources, self.gpu_device, flat)
+        n = min(k, len(self._gpu_labels))
+        search = self._torch_search if torch_path else self._gpu_index.search
+        scores, positions = search(queries, n)
         ids = np.where(positions >= 0, self._gpu_labels[np.maximum(positions, 0)], -1)
         result = empty_result(len(queries), k)
         result.ids[:, : ids.shape[1]], result.scores[:, : ids.shape[1]] = ids, scores
         result.scores[result.ids < 0] = -np.inf
         return result
+
+    def _torch_matrix(self, flat: faiss.IndexFlatIP) -> Any:
+        import torch
+
+        device = torch.device(self.torch_device or f"cuda:{self.gpu_device}")
+        vectors = flat.reconstruct_n(0, flat.ntotal) if flat.ntotal else np.zeros((0, self.dim), np.float32)
+        return torch.from_numpy(vectors).to(device)
+
+    def _torch_search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, positions) of the k best vectors per query: exact fp32 matmul + top-k on the torch device."""
+        import torch
+
+        matrix = self._gpu_index
+        rows = max(1, TORCH_SCORE_BYTES // (4 * max(1, len(matrix))))
+        scores, positions = [], []
+        with torch.inference_mode():
+            for start in range(0, len(queries), rows):
+                block = torch.from_numpy(queries[start : start + rows]).to(matrix.device)
+                top = torch.topk(block @ matrix.T, k, dim=1)
+                scores.append(top.values.cpu().numpy())
+                positions.append(top.indices.cpu().numpy())
+        return np.concatenate(scores), np.concatenate(positions)
 
 
 def overfetch_search(

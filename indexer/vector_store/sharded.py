@@ -59,6 +59,7 @@ from indexer.vector_store.base import (
     top_k,
     write_store_file,
 )
+from indexer.vector_store.flat import gpu_count
 
 # Keys of a sharded store's params that belong to the sharding, not to the inner kind's sizing.
 SHARD_KEYS = ("shards", "on_disk")
@@ -233,12 +234,13 @@ class ShardedStore:
             shard.params = dict(template.params)
 
     def _use_gpu_devices(self) -> None:
-        """Spread flat shards over the GPUs (shard i on GPU i mod count); no-op without GPU faiss."""
-        if not (hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 1):
+        """Spread flat shards over the GPUs (shard i on GPU i mod count); no-op with fewer than two GPUs."""
+        gpus = gpu_count()
+        if gpus < 2:
             return
         for i, shard in enumerate(self._shards):
             if hasattr(shard, "gpu_device"):
-                shard.gpu_device = i % faiss.get_num_gpus()
+                shard.gpu_device = i % gpus
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
