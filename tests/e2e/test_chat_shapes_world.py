@@ -4,8 +4,8 @@ Held-out (test split) questions in six languages go to /v1/ask about their own i
 service must answer exactly as the model does when called directly (so it loses nothing end to end), reach the
 model card's held-out accuracy (`evaluation.json` beside the weights) within 0.05 in every language it reports,
 cite the right image of multi-image questions at least as often as the card's multi-image accuracy says, return
-the model's grounding boxes converted to pixels exactly, and say "not found" about something absent (and, strict
-xfail for now, find what is present). Chat rerank
+the model's grounding boxes converted to pixels exactly, say "not found" about something absent and find what is
+present. Chat rerank
 must keep or improve R@1 of text-to-image search on held-out scenes.
 
 These tests skip, with the reason, until the trained weights are shipped.
@@ -146,12 +146,6 @@ def test_absent_things_are_not_found(server: str, few: list[tuple]) -> None:
         assert answer["found"] is False and answer["citations"] == [], (colour, shape, answer)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the shipped chat model's P(yes) to the rerank prompt 'Does this image show: Which image shows a pink "
-    "star?' stays below 0.25 even on the image that holds it (0.73-0.82 when asked about 'a pink star'): it only "
-    "understands its own question templates, so /v1/ask answers 'not found' to these questions (issue #7)",
-)
 def test_present_things_are_found(server: str, few: list[tuple]) -> None:
     """The counterpart (a model that never finds anything would pass the test above): asked about objects the
     collection holds, the answer is found and cites an image holding one, for at least two of three."""

@@ -70,7 +70,16 @@ class English(Language):
         "shape": ("What shape is {def}?", "What is the shape of {def}?"),
         "count": ("How many {plural} are there?", "How many {plural} are in the image?", "Count the {plural}."),
         "position": ("Where is {def}?", "Where is {def} located?", "In which part of the image is {def}?"),
-        "existence": ("Is there {indef}?", "Is there {indef} in the image?", "Does the image contain {indef}?"),
+        # The last three are the service's relevance prompt (indexer/chat.py, "Does this image show: {query}?")
+        # around a search query or an /v1/ask question: chat rerank and "not found" ask the model exactly that.
+        "existence": (
+            "Is there {indef}?",
+            "Is there {indef} in the image?",
+            "Does the image contain {indef}?",
+            "Does this image show: {indef}?",
+            "Does this image show: Which image shows {indef}?",
+            "Does this image show: Which picture contains {indef}?",
+        ),
         "grounding": (
             "Please provide the bounding box coordinate of the region this sentence describes: <ref>{bare}</ref>",
             "Where is the <ref>{bare}</ref>? Give its bounding box.",
