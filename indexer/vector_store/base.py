@@ -90,6 +90,18 @@ def check_ids(ids: Any, n: int | None = None) -> np.ndarray:
     return array
 
 
+def distinct_sorted(ids: np.ndarray) -> np.ndarray:
+    """`np.unique(ids)` for a 1-D id array, without its cost when the ids already are sorted and distinct (what
+    catalog filters give): a linear check instead of a hash/sort pass, which was half a 10%-filtered search at 1M."""
+    if len(ids) < 2 or bool((ids[1:] > ids[:-1]).all()):
+        return ids
+    ids = np.sort(ids)
+    keep = np.empty(len(ids), dtype=bool)
+    keep[0] = True
+    np.not_equal(ids[1:], ids[:-1], out=keep[1:])
+    return ids[keep]
+
+
 def sorted_contains(sorted_ids: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Boolean mask of `values` found in the sorted array; O(len(values)·log n), unlike np.isin's full sort."""
     if not len(sorted_ids):
@@ -253,7 +265,7 @@ class FaissStore:
         with self._lock:
             candidates = self._ids
             if allowed_ids is not None:
-                allowed = np.unique(as_id_array(allowed_ids))
+                allowed = distinct_sorted(as_id_array(allowed_ids))
                 candidates = allowed[sorted_contains(self._ids, allowed)]
             if not len(candidates):
                 return empty_result(len(queries), k)

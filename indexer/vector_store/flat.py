@@ -21,6 +21,7 @@ from indexer.vector_store.base import (
     SearchResult,
     as_id_array,
     check_vectors,
+    distinct_sorted,
     empty_result,
     sorted_contains,
     top_k,
@@ -94,7 +95,7 @@ class FlatStore(FaissStore):
         with self._lock:
             if allowed_ids is None:
                 return self._gpu_search(queries, k)
-            allowed = np.unique(as_id_array(allowed_ids))
+            allowed = distinct_sorted(as_id_array(allowed_ids))
             candidates = allowed[sorted_contains(self._ids, allowed)]
             if len(candidates) <= BRUTE_FORCE_MAX:
                 return super().search(queries, k, candidates)

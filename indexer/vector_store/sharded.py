@@ -52,6 +52,7 @@ from indexer.vector_store.base import (
     as_id_array,
     check_ids,
     check_vectors,
+    distinct_sorted,
     empty_result,
     fsync_dir,
     read_store_file,
@@ -192,7 +193,7 @@ class ShardedStore:
             if allowed_ids is None:
                 jobs = [(s, None) for s in self._shards if len(s)]
             else:
-                allowed = np.unique(as_id_array(allowed_ids))
+                allowed = distinct_sorted(as_id_array(allowed_ids))
                 jobs = [(self._shards[i], allowed[p]) for i, p in enumerate(self._split(allowed)) if len(p)]
                 jobs = [(s, a) for s, a in jobs if len(s)]
             if not jobs:

@@ -21,6 +21,7 @@ from indexer.vector_store import (
     rebuild_vector_store,
     resolve_kind,
 )
+from indexer.vector_store.base import distinct_sorted
 from indexer.vector_store.flat import overfetch_search
 
 # One OpenMP thread (tests/indexer/conftest.py): small faiss builds on a busy 2-core box.
@@ -218,3 +219,14 @@ def test_overfetch_filter_matches_selector_filter(built, data) -> None:
     got = overfetch_search(flat.search, q, K, allowed, len(flat), max_k=N)
     np.testing.assert_array_equal(got.ids, flat.search(q, K, allowed).ids)
     assert overfetch_search(flat.search, q, K, allowed[:3], len(flat), max_k=16) is None  # cannot reach them
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [[], [5], [1, 2, 9], [9, 2, 2, 1, 9, 0], [3, 3], list(range(50, 0, -1))],
+)
+def test_distinct_sorted_equals_numpy_unique(ids: list[int]) -> None:
+    """Filter ids are made sorted and distinct before the search; sorted distinct input is taken as it is."""
+    array = np.array(ids, dtype=np.int64)
+    got = distinct_sorted(array)
+    assert got.dtype == np.int64 and np.array_equal(got, np.unique(array))
