@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -22,6 +21,7 @@ from .captions import Caption, describe_scene, query_caption
 from .content import Mention, scene_satisfies
 from .languages import get_language
 from .scene import Scene, generate_scene, shape_twin, split_seeds
+from .training_common import render_in_workers
 from .vocab import COLOURS, LANGUAGES, POSITIONS, SHAPES, SIZES, derive_seed
 
 if TYPE_CHECKING:
@@ -56,15 +56,7 @@ def _render_chunk(keys: Sequence[tuple], size: int) -> np.ndarray:
 
 
 def render_pixels(seeds: Sequence[tuple], size: int, workers: int) -> torch.Tensor:
-    """Render in `workers` processes when it pays; the result does not depend on the split (pure per seed)."""
-    if workers <= 1 or len(seeds) < 2000:
-        arrays = [_render_chunk(seeds, size)]
-    else:
-        step = math.ceil(len(seeds) / (4 * workers))
-        chunks = [seeds[i : i + step] for i in range(0, len(seeds), step)]
-        with ProcessPoolExecutor(workers) as pool:
-            arrays = list(pool.map(_render_chunk, chunks, [size] * len(chunks)))
-    return torch.from_numpy(np.concatenate(arrays)).permute(0, 3, 1, 2).contiguous()
+    return render_in_workers(_render_chunk, seeds, size, workers)
 
 
 def cell_labels(scene: Scene) -> torch.Tensor:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +19,7 @@ from ..conversation import get_template
 from ..tiling import build_query, dynamic_tiles
 from .questions import QUESTION_KINDS, make_question
 from .scene import Scene, generate_scene, split_seeds
+from .training_common import render_in_workers
 from .vocab import COLOURS, LANGUAGES, POSITIONS, SHAPES, SIZES, derive_seed
 
 if TYPE_CHECKING:
@@ -44,15 +44,7 @@ def _render_chunk(seeds: Sequence[int], size: int) -> np.ndarray:
 
 
 def render_pixels(seeds: Sequence[int], size: int, workers: int) -> torch.Tensor:
-    """Render in worker processes when it pays; pure per seed, so the result does not depend on the split."""
-    if workers <= 1 or len(seeds) < 2000:
-        arrays = [_render_chunk(seeds, size)]
-    else:
-        step = math.ceil(len(seeds) / (4 * workers))
-        with ProcessPoolExecutor(workers) as pool:
-            chunks = [seeds[i : i + step] for i in range(0, len(seeds), step)]
-            arrays = list(pool.map(_render_chunk, chunks, [size] * len(chunks)))
-    return torch.from_numpy(np.concatenate(arrays)).permute(0, 3, 1, 2).contiguous()
+    return render_in_workers(_render_chunk, seeds, size, workers)
 
 
 def cell_targets(scene: Scene) -> tuple[torch.Tensor, torch.Tensor]:

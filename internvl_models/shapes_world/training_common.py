@@ -1,5 +1,5 @@
-"""What the two shapes-world trainers share: pixel normalisation, the loss of grouped labels, the learning-rate
-schedule, recipe overrides and the command line (output, seed, resuming, threads)."""
+"""What the two shapes-world trainers share: rendering scenes in worker processes, pixel normalisation, the loss of
+grouped labels, the learning-rate schedule, recipe overrides and the command line (output, seed, resuming, threads)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,30 @@ import argparse
 import dataclasses
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..transforms import IMAGENET_MEAN, IMAGENET_STD
+
+
+def render_in_workers(
+    render_chunk: Callable[[Sequence[Any], int], np.ndarray], keys: Sequence[Any], size: int, workers: int
+) -> torch.Tensor:
+    """(N, 3, S, S) uint8 pixels of `keys`, rendered by `render_chunk` (a module-level function: it is pickled) in
+    `workers` processes when it pays. Rendering is pure per key, so the result does not depend on the split."""
+    if workers <= 1 or len(keys) < 2000:
+        arrays = [render_chunk(keys, size)]
+    else:
+        step = math.ceil(len(keys) / (4 * workers))
+        chunks = [keys[i : i + step] for i in range(0, len(keys), step)]
+        with ProcessPoolExecutor(workers) as pool:
+            arrays = list(pool.map(render_chunk, chunks, [size] * len(chunks)))
+    return torch.from_numpy(np.concatenate(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
 def normalise_pixels(pixels: torch.Tensor) -> torch.Tensor:
