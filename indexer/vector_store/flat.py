@@ -76,8 +76,9 @@ class FlatStore(FaissStore):
         super().__init__(dim, params)
         self.torch_device = torch_device
         self.use_gpu = torch_device is not None or (gpu_available() if use_gpu is None else use_gpu and gpu_available())
+        self._torch_path = torch_device is not None or not faiss_gpus()  # decided once, not per search
         self._gpu_resources = None
-        self._gpu_index: Any = None  # faiss GPU index, or (torch matrix, labels) on the torch path
+        self._gpu_index: Any = None  # faiss GPU index, or the vectors as one torch tensor on the torch path
         self._gpu_labels: np.ndarray | None = None
         # Which GPU searches run on (a sharded store spreads its flat shards over the GPUs).
         self.gpu_device = 0
@@ -103,19 +104,18 @@ class FlatStore(FaissStore):
             return found if found is not None else super().search(queries, k, candidates)
 
     def _gpu_search(self, queries: np.ndarray, k: int) -> SearchResult:
-        torch_path = self.torch_device is not None or not faiss_gpus()
         if self._gpu_index is None:
             flat = faiss.downcast_index(self._index.index)
             # The flat index numbers vectors by position; id_map turns positions back into catalog ids.
             self._gpu_labels = faiss.vector_to_array(self._index.id_map)
-            if torch_path:
+            if self._torch_path:
                 self._gpu_index = self._torch_matrix(flat)
             else:
                 if self._gpu_resources is None:
                     self._gpu_resources = faiss.StandardGpuResources()
                 self._gpu_index = faiss.index_cpu_to_gpu(self._gpu_resources, self.gpu_device, flat)
         n = min(k, len(self._gpu_labels))
-        search = self._torch_search if torch_path else self._gpu_index.search
+        search = self._torch_search if self._torch_path else self._gpu_index.search
         scores, positions = search(queries, n)
         ids = np.where(positions >= 0, self._gpu_labels[np.maximum(positions, 0)], -1)
         result = empty_result(len(queries), k)
