@@ -15,7 +15,7 @@ Same architecture classes, checkpoint layout and loader as the real model; only 
   ViT patch token classifies colour / shape / size of the 3x3 grid cell it lies in, and one linear head shared by
   the image and text embeddings decodes the whole cell grid from them. Full labels make this dense supervision
   free, and it teaches colour, shape and position in minutes where contrastive loss alone needs hours;
-* classification-style term (`class_batch` > 0; off in the defaults): single-object scenes of only two colours,
+* classification-style term (`class_batch` > 0; on in the defaults): single-object scenes of only two colours,
   captioned like zero-shot prompts ("a photo of a red star."), InfoNCE with same-class positives, plus one colour /
   shape head shared by their image and text embeddings (`class_aux_weight`). Without it the text embedding never
   takes up shape: under unit normalisation a text direction the image embeddings lack only costs contrastive loss,
@@ -203,14 +203,19 @@ def scene_ce(heads: AuxHeads, embeds: torch.Tensor, cells: torch.Tensor) -> torc
     return split_ce(logits, cells[..., :2], (N_COLOUR, N_SHAPE))
 
 
+def encode_captions(model: InternVL, batch: Batch | ClassBatch, device: torch.device) -> torch.Tensor:
+    """Unit text embeddings of a batch's captions, in batch order (they are encoded in length-bucketed chunks)."""
+    text = torch.cat([model.encode_text(ids.to(device)) for ids in batch.input_ids])
+    return _unit(text[batch.order.to(device)])
+
+
 def class_term(
     model: InternVL, heads: AuxHeads, recipe: Recipe, batch: ClassBatch, image_c: torch.Tensor, image_g: torch.Tensor
 ) -> dict[str, torch.Tensor]:
     """The classification-style losses of the single-object batch: InfoNCE of its C and G image embeddings against
     its prompts (same colour and shape = positive) and, with `class_aux_weight`, the shared colour / shape head."""
     device = image_c.device
-    text = torch.cat([model.encode_text(ids.to(device)) for ids in batch.input_ids])
-    text = _unit(text[batch.order.to(device)])
+    text = encode_captions(model, batch, device)
     positives, scale = batch.positives.to(device), model.logit_scale.exp()
     out = {"cls": (contrastive(image_c, text, positives, scale) + contrastive(image_g, text, positives, scale)) / 2}
     if recipe.class_aux_weight > 0:
@@ -242,8 +247,7 @@ def compute_loss(
     if class_batch is not None:
         extra = class_term(model, heads, recipe, class_batch, image_c[n_main:], image_g[n_main:])
         tokens, image_c, image_g = tokens[:n_main], image_c[:n_main], image_g[:n_main]
-    text = torch.cat([model.encode_text(ids.to(device)) for ids in batch.input_ids])[batch.order.to(device)]
-    text = _unit(text)
+    text = encode_captions(model, batch, device)
     scale = model.logit_scale.exp()
     positives = batch.positives.to(device)
     loss_c = contrastive(image_c, text, positives, scale)
