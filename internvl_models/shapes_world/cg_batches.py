@@ -75,10 +75,7 @@ def build_bank(recipe: Recipe, seed: int) -> SceneBank:
     n = recipe.train_scenes // 2 if recipe.shape_twins else recipe.train_scenes
     seeds = split_seeds("train", n, seed)
     keys = [(s, False) for s in seeds] + ([(s, True) for s in seeds] if recipe.shape_twins else [])
-    scenes = [_scene(k) for k in keys]  # layouts only: pixels are rendered in the workers
-    pixels = render_pixels(keys, recipe.image_size, recipe.render_workers)
-    cells = torch.stack([cell_labels(s) for s in scenes])
-    return SceneBank(scenes, pixels, cells)
+    return _bank(keys, recipe)
 
 
 def build_class_bank(recipe: Recipe, seed: int) -> SceneBank | None:
@@ -86,11 +83,13 @@ def build_class_bank(recipe: Recipe, seed: int) -> SceneBank | None:
     if recipe.class_batch <= 0:
         return None
     seeds = split_seeds("train", recipe.class_scenes, derive_seed("single-object bank", seed))
-    keys = [(s, False, True) for s in seeds]
-    scenes = [_scene(k) for k in keys]
+    return _bank([(s, False, True) for s in seeds], recipe)
+
+
+def _bank(keys: Sequence[tuple], recipe: Recipe) -> SceneBank:
+    scenes = [_scene(k) for k in keys]  # layouts only: pixels are rendered in the workers
     pixels = render_pixels(keys, recipe.image_size, recipe.render_workers)
-    cells = torch.stack([cell_labels(s) for s in scenes])
-    return SceneBank(scenes, pixels, cells)
+    return SceneBank(scenes, pixels, torch.stack([cell_labels(s) for s in scenes]))
 
 
 @dataclass
