@@ -22,6 +22,7 @@ import httpx
 import pytest
 import serving
 
+from indexer.chat import NOT_FOUND_ANSWER
 from internvl_models.chat_model import GenerationSettings
 from internvl_models.grounding import answer_boxes, box_to_pixels
 from internvl_models.registry import SHAPES_WORLD_CHAT_CHECKPOINT, SHAPES_WORLD_CHECKPOINT, create_chat_model
@@ -137,13 +138,21 @@ def _ask_few(server: str, colour: str, shape: str) -> dict:
 
 
 def test_absent_things_are_not_found(server: str, few: list[tuple]) -> None:
-    """Three colour x shape pairs that no image of the collection holds: each is an explicit "not found"."""
+    """Every colour x shape pair of a fixed 16 that no image of the collection holds (about 13 questions, each
+    judged on all six images): the explicit "not found" for at least 80% of them. A model whose yes/no ignored
+    the image would call some image relevant for nearly every one. A rate, not "every one": the chat is 0.95 on
+    held-out existence questions, so a few of ~80 relevance judgments go wrong (a small pink star passed for a
+    "pink hexagon" at P(yes) 0.65), and a rate over many questions says more than all of three."""
     present = {(o.colour, o.shape) for s, _ in few for o in s.objects}
     absent = [(c, s) for c in ("pink", "black", "orange", "red") for s in ("hexagon", "star", "cross", "circle")
-              if (c, s) not in present][:3]  # fmt: skip
-    for colour, shape in absent:
-        answer = _ask_few(server, colour, shape)
-        assert answer["found"] is False and answer["citations"] == [], (colour, shape, answer)
+              if (c, s) not in present]  # fmt: skip
+    assert len(absent) >= 10, absent
+    answers = {pair: _ask_few(server, *pair) for pair in absent}
+    wrong = {pair: a["answer"] for pair, a in answers.items() if a["found"] is not False or a["citations"]}
+    assert len(wrong) <= 0.2 * len(absent), wrong
+    for pair, answer in answers.items():
+        if pair not in wrong:
+            assert answer["answer"] == NOT_FOUND_ANSWER, (pair, answer)
 
 
 def test_present_things_are_found(server: str, few: list[tuple]) -> None:
