@@ -17,7 +17,7 @@ import torch
 
 from ..conversation import get_template
 from ..tiling import build_query, dynamic_tiles
-from .questions import QUESTION_KINDS, make_question
+from .questions import MAX_IMAGES, QUESTION_KINDS, make_question
 from .scene import Scene, generate_scene, split_seeds
 from .training_common import render_in_workers
 from .vocab import COLOURS, LANGUAGES, POSITIONS, SHAPES, SIZES, derive_seed
@@ -45,6 +45,9 @@ def _render_chunk(seeds: Sequence[int], size: int) -> np.ndarray:
 
 def render_pixels(seeds: Sequence[int], size: int, workers: int) -> torch.Tensor:
     return render_in_workers(_render_chunk, seeds, size, workers)
+
+
+N_COLOUR, N_SHAPE, N_SIZE = len(COLOURS) + 1, len(SHAPES) + 1, len(SIZES) + 1  # classes of `cell_targets`; 0 = empty
 
 
 def cell_targets(scene: Scene) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,7 +127,7 @@ def sample_conversations(
     out: list[Conversation] = []
     while len(out) < n:
         multi = rng.random() < weights[-1] / sum(weights)
-        rows = rng.sample(pool or range(len(bank.scenes)), rng.randint(2, 4) if multi else 1)
+        rows = rng.sample(pool or range(len(bank.scenes)), rng.randint(2, MAX_IMAGES) if multi else 1)
         scenes = [bank.scenes[r] for r in rows]
         language, qas = rng.choice(LANGUAGES), []
         for _ in range(3 * recipe.turns):  # a few scenes admit no question of some kinds

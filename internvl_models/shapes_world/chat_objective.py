@@ -14,12 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..chat import InternVLChat, cache_kwargs, output_cache
-from .chat_data import Batch, SceneBank, region_cells
+from .chat_data import N_COLOUR, N_SHAPE, Batch, SceneBank, region_cells
+from .questions import MAX_IMAGES
 from .training_common import split_ce
-from .vocab import COLOURS, SHAPES, SIZES
-
-N_COLOUR, N_SHAPE, N_SIZE = len(COLOURS) + 1, len(SHAPES) + 1, len(SIZES) + 1  # class 0 = empty cell
-MAX_IMAGES = 4  # images per conversation
 
 
 class AuxHeads(nn.Module):

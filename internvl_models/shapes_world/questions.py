@@ -21,6 +21,7 @@ from .scene import Scene, SceneObject
 from .vocab import COLOURS, POSITIONS, SHAPES
 
 QUESTION_KINDS: tuple[str, ...] = ("colour", "shape", "count", "position", "existence", "grounding", "multi_image")
+MAX_IMAGES = 4  # a multi-image question is about 2 to MAX_IMAGES scenes
 # Attribute sets a referring expression may use, in order of preference ("the red star" before "the star").
 _REF_ATTRIBUTES: tuple[tuple[str, ...], ...] = (("colour", "shape"), ("shape",), ("colour",), ("position",))
 
@@ -172,8 +173,8 @@ def make_question(
     """
     scene_list = [scenes] if isinstance(scenes, Scene) else list(scenes)
     if kind == "multi_image":
-        if not 2 <= len(scene_list) <= 4:
-            raise ValueError(f"multi_image questions take 2-4 scenes, got {len(scene_list)}")
+        if not 2 <= len(scene_list) <= MAX_IMAGES:
+            raise ValueError(f"multi_image questions take 2-{MAX_IMAGES} scenes, got {len(scene_list)}")
         return _multi_image_question(scene_list, language, rng)
     if len(scene_list) != 1:
         raise ValueError(f"{kind} questions take exactly one scene, got {len(scene_list)}")

@@ -50,6 +50,9 @@ from ..device import resolve_device
 from ..intern_vit import InternViT
 from ..tiling import IMG_CONTEXT
 from .chat_data import (
+    N_COLOUR,
+    N_SHAPE,
+    N_SIZE,
     TEMPLATE,
     Batch,
     Encoder,
@@ -60,7 +63,7 @@ from .chat_data import (
     region_cells,
     sample_conversations,
 )
-from .chat_objective import N_COLOUR, N_SHAPE, N_SIZE, AuxHeads, answer_exact, answer_loss, chat_forward
+from .chat_objective import AuxHeads, answer_exact, answer_loss, chat_forward
 from .chat_tokenizer import load_tokenizer, write_tokenizer
 from .model_card import host_summary
 from .questions import QUESTION_KINDS
