@@ -112,6 +112,7 @@ def _open_engine(settings: Settings) -> Engine:
     engine = _engine(settings, load_collections=True)
     engine.resume_jobs()  # interrupted jobs are the service's to finish
     engine.watch_jobs()  # and those a replica sharing the catalog left behind (it died, or queued them and stopped)
+    engine.reload_in_background()  # an index another replica changed is loaded off the request path
     return engine
 
 

@@ -11,9 +11,9 @@ from typing import Any
 
 _EXPORTS = {
     "EngineConfig": "indexer.config",
-    "CollectionInfo": "indexer.engine",
+    "CollectionInfo": "indexer.info",
     "Engine": "indexer.engine",
-    "ImageInfo": "indexer.engine",
+    "ImageInfo": "indexer.info",
     "Busy": "indexer.errors",
     "Conflict": "indexer.errors",
     "CorruptData": "indexer.errors",

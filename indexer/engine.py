@@ -17,8 +17,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +29,12 @@ from indexer.catalog import repo, spaces
 from indexer.catalog.db import check_schema_current, make_engine, make_sessionmaker, session_scope
 from indexer.config import EngineConfig
 from indexer.errors import Conflict, InvalidInput, NotFound, SpaceChanged
+from indexer.info import CollectionInfo, ImageInfo
 from indexer.jobs import JobInfo, JobRuntime, JobWorker, create_ingest_job, job_info, orphaned_jobs, sweep_staging
 from indexer.live import LiveCollection, ReconcileReport, Space, reconcile, target_kind
 from indexer.metadata import check_metadata
 from indexer.pipeline.sources import IngestItem
+from indexer.refresh import IndexRefresher
 from indexer.search import Hit, check_filter, check_query, hydrate, image_query_vector, nearest, text_query_vector
 from indexer.storage import remove_orphans
 from internvl_models import CheckpointError, Encoder, create_encoder
@@ -46,37 +46,6 @@ SWITCH_RETRIES = 3
 BUSY_RETRY_S = 1.0
 # How often a server looks for jobs that no process is running (a replica died, or queued them and stopped).
 JOB_SWEEP_S = 10.0
-
-
-@dataclass(frozen=True)
-class CollectionInfo:
-    id: int
-    name: str
-    encoder: str
-    checkpoint: str | None
-    dim: int
-    fingerprint: str
-    index_kind: str  # as configured ("auto" or a kind)
-    store_kind: str  # what serves it now
-    vectors: int
-    images: dict[str, int]  # per status
-    created_at: datetime | None
-    storage: str = "originals"  # what is kept of each image: originals | thumbnails | none
-
-
-@dataclass(frozen=True)
-class ImageInfo:
-    id: int
-    collection: str
-    sha256: str
-    source: str | None
-    width: int | None
-    height: int | None
-    format: str | None
-    byte_size: int | None
-    metadata: dict[str, Any]
-    status: str
-    created_at: datetime | None
 
 
 class Engine(model_switch.EncoderSwitching):
@@ -100,6 +69,7 @@ class Engine(model_switch.EncoderSwitching):
         self._db = None
         self._sessions = None
         self._worker: JobWorker | None = None
+        self._refresher: IndexRefresher | None = None
         self.reports: list[ReconcileReport] = []
 
     # --- life cycle ---------------------------------------------------------------------------------------------
@@ -133,6 +103,9 @@ class Engine(model_switch.EncoderSwitching):
 
     def close(self) -> None:
         """Stop job threads at their next batch boundary, save changed indexes, release the database."""
+        if self._refresher is not None:
+            self._refresher.stop()
+            self._refresher = None
         if self._worker is not None:
             self._worker.stop()
             self._worker = None
@@ -290,12 +263,13 @@ class Engine(model_switch.EncoderSwitching):
                 live.adopt_newer_saved()
         return live
 
-    def ensure_reconciled(self, live: LiveCollection) -> None:
-        """Reconcile `live` unless that already happened; call with its lock held (every writer does). A writer
-        first follows an encoder switch another process made, so it never writes into the old space."""
+    def ensure_reconciled(self, live: LiveCollection, *, again: bool = False) -> None:
+        """Reconcile `live` unless that already happened (`again`: in any case); call with its lock held (every
+        writer does). A writer first follows an encoder switch another process made, so it never writes into the
+        old space."""
         with session_scope(self.sessions) as session:
             live.follow(repo.get_collection_by_id(session, live.id))
-        if not live.loaded:
+        if again or not live.loaded:
             live.report = reconcile(live, self.sessions)
             if live.report.requeue_job is not None and self._worker is not None:
                 self._worker.enqueue(live.report.requeue_job)
@@ -314,9 +288,40 @@ class Engine(model_switch.EncoderSwitching):
         if not live.lock.held:
             live.adopt_space(space)  # another process switched encoders
         if version is not None and version != live.store.version and not live.lock.held:
-            live.loaded = False  # stale: reconcile again (now if nobody is writing, otherwise the saved index)
-            self._live(live.id)
+            if self._refresher is not None:
+                self._refresher.request(live.id)  # this search is answered from the index served until now
+            else:
+                live.loaded = False  # stale: reconcile again (now if nobody is writing, otherwise the saved index)
+                self._live(live.id)
         return live
+
+    def reload_in_background(self) -> None:
+        """From now on, load the indexes other processes changed on a thread of their own (`refresh.py`) rather
+        than in the search that notices: what a server does, so that no request waits for a load."""
+        if self._refresher is None:
+            self._refresher = IndexRefresher(self._reload_stale)
+
+    def _reload_stale(self, collection_id: int) -> None:
+        """The background reload: reconcile with the catalog if no process is writing, else adopt a newer saved
+        index (reconciliation follows once the writer is done)."""
+        with self._lives_lock:
+            live = self._lives.get(collection_id)
+        if live is None or live.lock.held:  # not served here, or this process is its writer
+            return
+        try:
+            with session_scope(self.sessions) as session:
+                version = repo.get_collection_by_id(session, collection_id).index_version
+        except NotFound:  # another process deleted it; the next request says so
+            return
+        if version is None or version == live.store.version:
+            return
+        if live.lock.acquire(blocking=False):
+            try:
+                self.ensure_reconciled(live, again=True)
+            finally:
+                live.lock.release()
+        else:
+            live.adopt_newer_saved()
 
     def reconcile(self, name: str | None = None) -> list[ReconcileReport]:
         """Reconcile one collection (or all) with the catalog now; what `open()` does at start-up."""
@@ -504,7 +509,7 @@ class Engine(model_switch.EncoderSwitching):
     def get_image(self, collection: str, image_id: int) -> ImageInfo:
         with session_scope(self.sessions) as session:
             image = self._image_row(session, collection, image_id)
-            return _image_info(image, collection)
+            return ImageInfo.of(image, collection)
 
     def image_path(self, collection: str, image_id: int) -> Path:
         """The stored original file of an image."""
@@ -549,23 +554,7 @@ class Engine(model_switch.EncoderSwitching):
                 merged = {**(image.meta or {}), **dict(metadata or {})}
                 metadata = {k: v for k, v in merged.items() if v is not None}
             image = repo.set_image_metadata(session, image.id, check_metadata(metadata))
-            return _image_info(image, collection)
-
-
-def _image_info(image, collection: str) -> ImageInfo:  # noqa: ANN001 - tables.Image
-    return ImageInfo(
-        id=image.id,
-        collection=collection,
-        sha256=image.sha256,
-        source=image.source,
-        width=image.width,
-        height=image.height,
-        format=image.format,
-        byte_size=image.byte_size,
-        metadata=dict(image.meta or {}),
-        status=image.status,
-        created_at=image.created_at,
-    )
+            return ImageInfo.of(image, collection)
 
 
 __all__ = ["CollectionInfo", "Engine", "ImageInfo", "target_kind"]

@@ -1,7 +1,8 @@
 """Replicas (#10): two real `internvl-search serve` processes on one machine share one PostgreSQL catalog and one
 data directory, with the shipped shapes-world encoder. Process A ingests; process B, searched without pause by a
-client thread, serves the new images once A has written them (it reloads the collection's index when the catalog's
-index version moves, swapping it in at once) and never fails a request on the way. That a second process cannot
+client thread, serves the new images once A has written them (when a search finds the catalog's index version ahead,
+a background thread loads the new index and swaps it in whole; the searches meanwhile are answered from the old one)
+and never fails a request on the way. That a second process cannot
 write a collection another one holds, across hosts too, is tests/indexer/test_replica_locks.py."""
 
 from __future__ import annotations
