@@ -58,6 +58,8 @@ def search(r: dict) -> list[Row]:
     rows: list[Row] = []
     sizes = sorted({int(key.split("@")[1]) for key in r["results"]})
     for n in sizes:
+        if str(n) in r.get("lid", {}):
+            rows.append((f"data @ {n:,}", r.get("data", "isotropic"), f"local intrinsic dimension {r['lid'][str(n)]} (d={r['dim']})"))  # fmt: skip
         flat = r["results"].get(f"flat@{n}")
         if flat and "bandwidth_bound_ms" in flat:
             rows.append((f"flat @ {n:,} p50", f"{_f(flat['latency_p50_ms'])} ms", f"{_f(flat['latency_vs_bound'])}x the bandwidth bound {_f(flat['bandwidth_bound_ms'])} ms; goal <= 2 (GPU)"))  # fmt: skip
@@ -69,6 +71,10 @@ def search(r: dict) -> list[Row]:
             rows.append(
                 (f"{kind} @ {n:,} recall@10", _f(ann["recall_at_10"]), f"{against}; goal >= 0.95 at >= 10x (1M)")
             )
+            best = ann.get("operating_points", {}).get("at_recall_0_95")
+            if best is not None and "qps_vs_exact" in best:
+                effort = "ef_search" if "ef_search" in best else "nprobe"
+                rows.append((f"{kind} @ {n:,} at recall >= 0.95", f"{effort} {best[effort]}: {_f(best['recall_at_10'])}", f"QPS {_f(best['qps_vs_exact'])}x, p50 {_f(best['latency_speedup_vs_exact'])}x faster than exact; goal >= 10x (1M)"))  # fmt: skip
     return rows
 
 
