@@ -33,3 +33,30 @@ def test_runner_reports_a_benchmark_that_overruns(capsys: pytest.CaptureFixture)
 def test_runner_rejects_unknown_benchmarks() -> None:
     with pytest.raises(SystemExit):
         main(["--only", "nonsense"])
+
+
+def test_local_intrinsic_dimension_reads_the_dimension_of_the_data_not_of_the_space() -> None:
+    """bench.search states each data model's LID: on points of a 4-sphere set in 64 dimensions it reads ~4."""
+    import numpy as np
+
+    from bench.search import local_intrinsic_dimension
+
+    rng = np.random.default_rng(0)
+    sphere = np.zeros((20_000, 64), dtype=np.float32)
+    sphere[:, :5] = rng.standard_normal((20_000, 5))
+    sphere /= np.linalg.norm(sphere, axis=1, keepdims=True)
+    assert 3.0 < local_intrinsic_dimension(sphere[200:], sphere[:200]) < 5.5
+
+
+def test_powerlaw_spread_has_the_isotropic_total_variance_along_a_decaying_spectrum() -> None:
+    import numpy as np
+
+    from bench.search import spread_basis
+
+    basis = spread_basis(32, "powerlaw", np.random.default_rng(0))
+    variances = np.sort(np.linalg.eigvalsh(basis.T @ basis))[::-1]  # covariance of standard noise @ basis
+    expected = 1.0 / np.arange(1, 33)
+    np.testing.assert_allclose(variances, expected * 32 / expected.sum(), rtol=1e-4)
+    assert spread_basis(32, "isotropic", np.random.default_rng(0)) is None
+    with pytest.raises(ValueError, match="unknown data model"):
+        spread_basis(32, "uniform", np.random.default_rng(0))
