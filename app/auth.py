@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from fastapi import FastAPI, HTTPException, Request
@@ -80,11 +80,12 @@ def _access(app: FastAPI) -> tuple[KeyRing, RateLimiter]:
     return app.state.keyring, app.state.rate_limiter
 
 
-def require_scope(scope: str) -> Callable[[Request], None]:
-    """A dependency refusing the request (401 no/unknown key, 403 too small a scope, 429 over the caller's rate)."""
+def require_scope(scope: str) -> Callable[[Request], Awaitable[None]]:
+    """A dependency refusing the request (401 no/unknown key, 403 too small a scope, 429 over the caller's rate).
+    In-memory work only, so it runs on the event loop (`async`), not in FastAPI's thread pool."""
     needed = SCOPE_RANK[scope]
 
-    def check(request: Request) -> None:
+    async def check(request: Request) -> None:
         keyring, limiter = _access(request.app)
         if keyring.entries:
             key = presented_key(request)

@@ -26,7 +26,7 @@ from internvl_models.errors import ModelError
 
 from . import schemas
 from . import schemas_chat as cs
-from .deps import get_engine
+from .deps import engine_of
 from .errors import status_of
 from .settings import Settings
 
@@ -284,9 +284,10 @@ def sse_chunks(deltas: Iterator[ChatDelta], model: str, include_usage: bool) -> 
 _CREATE_LOCK = threading.Lock()
 
 
-def get_chat(request: Request) -> ChatAPI:
-    """The app's ChatAPI, made on first use (nothing loads until a chat request needs the backend)."""
-    engine, state = get_engine(request), request.app.state
+async def get_chat(request: Request) -> ChatAPI:
+    """The app's ChatAPI, made on first use (nothing loads until a chat request needs the backend; making it reads
+    no file, so it runs on the event loop)."""
+    engine, state = engine_of(request), request.app.state
     with _CREATE_LOCK:
         if getattr(state, "chat", None) is None:
             state.chat = ChatAPI(engine, state.settings)

@@ -32,19 +32,28 @@ from .settings import Settings
 SWITCH_RETRIES = 3
 
 
-def get_app_settings(request: Request) -> Settings:
+# The dependencies are `async def` although they never await: FastAPI runs a plain `def` dependency in its thread
+# pool, a hop per dependency per request (bench/RESULTS.md, "HTTP search service"); these only read app state.
+
+
+async def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_engine(request: Request) -> Engine:
+def engine_of(request: Request) -> Engine:
+    """The app's open engine; 503 while the lifespan is still opening it."""
     engine = getattr(request.app.state, "engine", None)
     if engine is None:
         raise HTTPException(503, "the engine is not open yet; retry shortly", {"Retry-After": "1"})
     return engine
 
 
-def get_searcher(request: Request) -> Searcher:
-    get_engine(request)
+async def get_engine(request: Request) -> Engine:
+    return engine_of(request)
+
+
+async def get_searcher(request: Request) -> Searcher:
+    engine_of(request)
     return request.app.state.searcher
 
 
@@ -58,11 +67,14 @@ AdminKey = Depends(require_scope("admin"))  # destructive, service-wide operatio
 class Searcher:
     """Search, classify and embed for the HTTP layer: limits from settings, text queries micro-batched per encoder.
 
-    With `batching=True`, concurrent text searches on one encoder wait up to a few milliseconds for each other and
-    share one forward pass; with False each request encodes alone (the benchmark's baseline).
+    With `batching=True`, concurrent text searches on one encoder share one forward pass: when the batcher is free
+    it takes every query already waiting (`max_wait_s=0`: it never holds one back to wait for others), so a lone
+    query pays nothing, and under load the queries that arrive while a batch runs form the next one. A 5 ms
+    collection window instead cost a lone query 5 ms and gave less throughput at 8-128 clients
+    (bench/RESULTS.md). With False each request encodes alone (the benchmark's baseline).
     """
 
-    def __init__(self, engine: Engine, settings: Settings, *, batching: bool = True, max_wait_s: float = 0.005) -> None:
+    def __init__(self, engine: Engine, settings: Settings, *, batching: bool = True, max_wait_s: float = 0.0) -> None:
         self.engine, self.settings, self.batching, self.max_wait_s = engine, settings, batching, max_wait_s
         self._batchers: dict[str, MicroBatcher[str, object]] = {}
         self._lock = threading.Lock()
@@ -94,38 +106,59 @@ class Searcher:
         if text is not None and len(text) > self.settings.max_text_chars:
             raise InvalidInput(f"text has {len(text):,} characters; the limit is {self.settings.max_text_chars:,}")
 
-    async def text_vector(self, encoder: Encoder, text: str):  # noqa: ANN201 - (1, dim) numpy array
-        if self.batching:
-            return (await self.batcher(encoder).run(text)).reshape(1, -1)
-        return await run_in_threadpool(encoder.encode_texts, [text])
-
     async def search(self, req: schemas.SearchRequest, upload: bytes | None = None) -> schemas.SearchResponse:
-        """One search request: the query vector (batched for text), then filter + nearest + hydrate."""
+        """One search request: the query vector (batched for text), then filter + nearest + hydrate.
+
+        Unbatched, the whole search is one trip to the thread pool (it was three: each costs a thread wake-up both
+        ways)."""
         start = time.perf_counter()
         self.check_text(req.text)
         if req.k > self.settings.max_k:
             raise InvalidInput(f"k must be at most {self.settings.max_k}, got {req.k}")
-        for attempt in range(SWITCH_RETRIES):  # a collection switching encoders meanwhile: encode again
-            encoder = await run_in_threadpool(self.engine.collection_encoder, req.collection)
-            if req.text is not None:
-                query = await self.text_vector(encoder, req.text)
-            else:
-                query = await run_in_threadpool(self._image_query, encoder, req, upload)
-            try:
-                hits = await run_in_threadpool(
-                    self.engine.search_vector, req.collection, query, k=req.k, filter=req.filter,
-                    min_score=req.min_score, offset=req.offset, exclude=req.image_id, fingerprint=encoder.fingerprint,
-                )  # fmt: skip
-                break
-            except SpaceChanged:
-                if attempt == SWITCH_RETRIES - 1:
-                    raise
+        if req.text is not None and self.batching:
+            hits = await self._batched_text_search(req)
+        else:
+            hits = await run_in_threadpool(self._search_now, req, upload)
         if req.collapse_duplicates:
             hits = collapse_duplicates(hits)
         took_ms = (time.perf_counter() - start) * 1000
         return schemas.SearchResponse(
             collection=req.collection, results=[schemas.hit_out(req.collection, h) for h in hits], took_ms=took_ms
         )
+
+    def _nearest(self, req: schemas.SearchRequest, query, encoder: Encoder) -> list:  # noqa: ANN001 - (1, dim) array
+        return self.engine.search_vector(
+            req.collection, query, k=req.k, filter=req.filter, min_score=req.min_score, offset=req.offset,
+            exclude=req.image_id, fingerprint=encoder.fingerprint,
+        )  # fmt: skip
+
+    def _search_now(self, req: schemas.SearchRequest, upload: bytes | None) -> list:
+        """The search in the calling thread: encode (text or image) and search, again if the collection switched
+        encoders meanwhile (SpaceChanged)."""
+        for attempt in range(SWITCH_RETRIES):
+            encoder = self.engine.collection_encoder(req.collection)
+            if req.text is not None:
+                query = encoder.encode_texts([req.text])
+            else:
+                query = self._image_query(encoder, req, upload)
+            try:
+                return self._nearest(req, query, encoder)
+            except SpaceChanged:
+                if attempt == SWITCH_RETRIES - 1:
+                    raise
+        raise AssertionError("SWITCH_RETRIES is at least 1")
+
+    async def _batched_text_search(self, req: schemas.SearchRequest) -> list:
+        """A text search whose query is encoded in a batch with other requests' (MicroBatcher)."""
+        for attempt in range(SWITCH_RETRIES):
+            encoder = await run_in_threadpool(self.engine.collection_encoder, req.collection)
+            query = (await self.batcher(encoder).run(req.text)).reshape(1, -1)
+            try:
+                return await run_in_threadpool(self._nearest, req, query, encoder)
+            except SpaceChanged:
+                if attempt == SWITCH_RETRIES - 1:
+                    raise
+        raise AssertionError("SWITCH_RETRIES is at least 1")
 
     def _image_query(self, encoder: Encoder, req: schemas.SearchRequest, upload: bytes | None):  # noqa: ANN202
         data = upload if upload is not None else query_image_bytes(

@@ -10,14 +10,16 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
 from .auth import LimitsMiddleware, install_access_control
@@ -68,21 +70,35 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     # outside it, refuses a too-large Content-Length up front in the one error schema and bounds request time.
     app.add_middleware(RequestBodyLimitMiddleware, max_body_size=settings.max_upload_bytes)
     app.add_middleware(LimitsMiddleware, max_body_bytes=settings.max_upload_bytes, timeout_s=settings.request_timeout_s)
+    app.add_middleware(RequestId)
+    return app
 
-    @app.middleware("http")
-    async def request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        # Trust a caller's id only when it is short and printable, so it cannot inject into log lines.
-        given = request.headers.get("x-request-id", "")
+
+class RequestId:
+    """ASGI middleware: the request's id (the caller's X-Request-ID when it is short and printable, so it cannot
+    inject into log lines; a new one otherwise) is set for the logs while the request runs and sent back in the
+    response's X-Request-ID. Plain ASGI for the reason given at metrics.RequestTimer."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = Headers(scope=scope).get("x-request-id", "")
         rid = given if 0 < len(given) <= 64 and given.isprintable() and " " not in given else uuid.uuid4().hex
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)["X-Request-ID"] = rid
+            await send(message)
+
         token = request_id_var.set(rid)
         try:
-            response = await call_next(request)
+            await self.app(scope, receive, send_with_id)
         finally:
             request_id_var.reset(token)
-        response.headers["X-Request-ID"] = rid
-        return response
-
-    return app
 
 
 @asynccontextmanager

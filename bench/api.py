@@ -31,6 +31,7 @@ import statistics
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -162,16 +163,25 @@ def trivial_app():  # noqa: ANN201 - FastAPI
     return app
 
 
-async def load(base: str, clients: int, requests: int, send=_search) -> dict[str, float]:  # noqa: ANN001
-    """`requests` calls of `send` spread over `clients` concurrent connections; latency per request, overall rate."""
+async def load(base: str, clients: int, requests: int, send=_search) -> dict[str, object]:  # noqa: ANN001
+    """`requests` calls of `send` spread over `clients` concurrent connections; latency per answered request,
+    overall rate, and the failures by kind (an HTTP status >= 400, or the exception of a request that got no
+    answer): a failure is a figure to report, not a reason to lose the run."""
     times: list[float] = []
+    errors: Counter[str] = Counter()
     counter = iter(range(requests))
 
     async def client(http: httpx.AsyncClient) -> None:
         for i in counter:
             start = time.perf_counter()
-            response = await send(http, i)
-            response.raise_for_status()
+            try:
+                response = await send(http, i)
+            except httpx.HTTPError as exc:
+                errors[type(exc).__name__] += 1
+                continue
+            if response.status_code >= 400:
+                errors[str(response.status_code)] += 1
+                continue
             times.append((time.perf_counter() - start) * 1e3)
 
     limits = httpx.Limits(max_connections=clients)
@@ -180,8 +190,14 @@ async def load(base: str, clients: int, requests: int, send=_search) -> dict[str
         start = time.perf_counter()
         await asyncio.gather(*(client(http) for _ in range(clients)))
         wall = time.perf_counter() - start
+    if not times:
+        raise RuntimeError(f"no request was answered: {dict(errors)}")
     p50, p99 = percentiles(times)
-    return {"p50_ms": round(p50, 2), "p99_ms": round(p99, 2), "requests_per_s": round(requests / wall, 1)}
+    report: dict[str, object] = {"p50_ms": round(p50, 2), "p99_ms": round(p99, 2)}
+    report["requests_per_s"] = round(len(times) / wall, 1)
+    if errors:
+        report["errors"] = dict(errors)
+    return report
 
 
 def run(args: argparse.Namespace) -> dict[str, object]:

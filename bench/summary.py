@@ -87,8 +87,13 @@ def api(r: dict) -> list[Row]:
         rows.append(("/v1/search server overhead", f"{r['http_overhead_p50_ms_one_client']} ms", f"{_f(r['overhead_vs_trivial_route'])}x the trivial route; goal <= 2"))  # fmt: skip
     for mode in ("batching_on", "batching_off"):
         for clients, m in r["http"][mode].items():
+            failed = f"; failed: {m['errors']}" if m.get("errors") else ""
             rows.append(
-                (f"{mode} {clients}", f"p50 {m['p50_ms']} / p99 {m['p99_ms']} ms", f"{m['requests_per_s']} req/s")
+                (
+                    f"{mode} {clients}",
+                    f"p50 {m['p50_ms']} / p99 {m['p99_ms']} ms",
+                    f"{m['requests_per_s']} req/s{failed}",
+                )
             )
     rows.append(("batching gain (median req/s)", f"{r['median_batching_gain_rps']}x", "on vs off, same clients"))
     return rows

@@ -280,11 +280,12 @@ class Engine(model_switch.EncoderSwitching):
         return self._live(collection_id)
 
     def _fresh(self, name: str) -> LiveCollection:
-        """The collection for a read, refreshed when another process changed it since we loaded it."""
-        live = self._live_by_name(name)
+        """The collection for a read, refreshed when another process changed it since we loaded it (one catalog
+        query: every search makes this call twice)."""
         with session_scope(self.sessions) as session:
-            row = repo.get_collection_by_id(session, live.id)
-            version, space = row.index_version, Space.of(row)
+            row = repo.get_collection(session, name)
+            collection_id, version, space = row.id, row.index_version, Space.of(row)
+        live = self._live(collection_id)
         if not live.lock.held:
             live.adopt_space(space)  # another process switched encoders
         if version is not None and version != live.store.version and not live.lock.held:
