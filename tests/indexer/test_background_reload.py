@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,22 @@ def _found(engine: Engine, k: int = 50) -> set[int]:
     return {hit.id for hit in engine.search("c", text="a photo", k=k)}
 
 
+@contextmanager
+def _writer_and_reader(tmp_path: Path, catalog_url: str, *, background: bool) -> Iterator[tuple[Engine, Engine]]:
+    """Two engines on one data directory and catalog; the reader loads changed indexes in the background or not."""
+    config = engine_config(tmp_path, catalog_url)
+    writer = Engine(config, cached_encoder_factory).open()
+    reader = Engine(config, cached_encoder_factory).open()
+    if background:
+        reader.reload_in_background()
+    try:
+        writer.create_collection("c")
+        yield writer, reader
+    finally:
+        reader.close()
+        writer.close()
+
+
 def _index(engine: Engine, paths: list[Path]) -> None:
     info = engine.wait_job(engine.submit("c", [IngestItem.path(p) for p in paths]), timeout_s=60)
     assert (info.state, info.done) == ("done", len(paths)), info
@@ -30,21 +48,16 @@ def test_a_reader_swaps_in_another_processs_index_off_the_request_path(
     tmp_path: Path, catalog_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     paths = write_images(tmp_path / "p", 7)
-    config = engine_config(tmp_path, catalog_url)
-    writer = Engine(config, cached_encoder_factory).open()
-    reader = Engine(config, cached_encoder_factory).open()
-    reader.reload_in_background()
     loads: list[str] = []  # the thread of every index file load of the reader's collection
     real_load = indexer.live.load_saved
+    with _writer_and_reader(tmp_path, catalog_url, background=True) as (writer, reader):
 
-    def recording_load(live, space=None):  # noqa: ANN001, ANN202 - the real loader, watched
-        if any(live is other for other in reader._lives.values()):
-            loads.append(threading.current_thread().name)
-        return real_load(live, space)
+        def recording_load(live, space=None):  # noqa: ANN001, ANN202 - the real loader, watched
+            if any(live is other for other in reader._lives.values()):
+                loads.append(threading.current_thread().name)
+            return real_load(live, space)
 
-    monkeypatch.setattr(indexer.live, "load_saved", recording_load)
-    try:
-        writer.create_collection("c")
+        monkeypatch.setattr(indexer.live, "load_saved", recording_load)
         _index(writer, paths[:3])
         first = _found(reader)  # the reader's first look loads the collection, in the request (nothing to serve yet)
         assert len(first) == 3
@@ -61,43 +74,25 @@ def test_a_reader_swaps_in_another_processs_index_off_the_request_path(
             time.sleep(0.05)
         assert _found(reader) == everything
         assert loads and set(loads) == {"index-refresher"}, loads  # never in a request's thread
-    finally:
-        reader.close()
-        writer.close()
 
 
 def test_without_it_the_search_that_notices_loads_the_index(tmp_path: Path, catalog_url: str) -> None:
     """The CLI and embedded engines keep answering from the newest index at once (no thread of their own)."""
     paths = write_images(tmp_path / "p", 5)
-    config = engine_config(tmp_path, catalog_url)
-    writer = Engine(config, cached_encoder_factory).open()
-    reader = Engine(config, cached_encoder_factory).open()
-    try:
-        writer.create_collection("c")
+    with _writer_and_reader(tmp_path, catalog_url, background=False) as (writer, reader):
         _index(writer, paths[:2])
         assert len(_found(reader)) == 2
         _index(writer, paths[2:])
         assert len(_found(reader)) == 5
-    finally:
-        reader.close()
-        writer.close()
 
 
 def test_a_collection_deleted_by_another_process_is_not_reloaded(tmp_path: Path, catalog_url: str) -> None:
     paths = write_images(tmp_path / "p", 2)
-    config = engine_config(tmp_path, catalog_url)
-    writer = Engine(config, cached_encoder_factory).open()
-    reader = Engine(config, cached_encoder_factory).open()
-    reader.reload_in_background()
-    try:
-        writer.create_collection("c")
+    with _writer_and_reader(tmp_path, catalog_url, background=True) as (writer, reader):
         _index(writer, paths)
         collection_id = reader._live_by_name("c").id
         writer.delete_collection("c")
         reader._reload_stale(collection_id)  # what the thread runs: a quiet no-op, not an error
-    finally:
-        reader.close()
-        writer.close()
 
 
 def _refresher_run(min_interval_s: float, fail_first: bool = False) -> tuple[IndexRefresher, list, threading.Event]:
