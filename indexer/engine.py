@@ -281,11 +281,18 @@ class Engine(model_switch.EncoderSwitching):
 
     def _fresh(self, name: str) -> LiveCollection:
         """The collection for a read, refreshed when another process changed it since we loaded it (one catalog
-        query: every search makes this call twice)."""
+        query once it is loaded: every search makes this call twice)."""
         with session_scope(self.sessions) as session:
             row = repo.get_collection(session, name)
             collection_id, version, space = row.id, row.index_version, Space.of(row)
+        with self._lives_lock:
+            known = self._lives.get(collection_id)
+        loaded_before = known is not None and known.loaded
         live = self._live(collection_id)
+        if not loaded_before:  # `_live` may have loaded it just now: compare with the catalog as of after that
+            with session_scope(self.sessions) as session:
+                row = repo.get_collection_by_id(session, collection_id)
+                version, space = row.index_version, Space.of(row)
         if not live.lock.held:
             live.adopt_space(space)  # another process switched encoders
         if version is not None and version != live.store.version and not live.lock.held:

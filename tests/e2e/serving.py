@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,9 +27,18 @@ def free_port() -> int:
 @contextmanager
 def serve(data_dir: Path, *, ready_path: str = "/readyz", timeout_s: float = 90, **settings: str) -> Iterator[str]:
     """Run the service (settings as INTERNVL_SEARCH_<NAME>) until the block ends; yields its base URL once
-    `ready_path` answers 200. The developer's own INTERNVL_SEARCH_* variables never leak in."""
-    with serve_process(data_dir, ready_path=ready_path, timeout_s=timeout_s, **settings) as (_, base):
+    `ready_path` answers 200. The developer's own INTERNVL_SEARCH_* variables never leak in.
+
+    The server's output is read as it comes (and dropped): a server logging every request into a pipe nobody reads
+    blocks its event loop once the pipe's 64 KiB are full, which is a hang of the test, not of the service."""
+    with serve_process(data_dir, ready_path=ready_path, timeout_s=timeout_s, **settings) as (process, base):
+        threading.Thread(target=_drain, args=(process,), name="serve-output", daemon=True).start()
         yield base
+
+
+def _drain(process: subprocess.Popen) -> None:
+    for _ in process.stdout or ():
+        pass
 
 
 @contextmanager
