@@ -6,6 +6,7 @@ requests, so the test cannot pass merely because nothing was logged."""
 from __future__ import annotations
 
 import hashlib
+import re
 import signal
 import threading
 from pathlib import Path
@@ -53,6 +54,9 @@ def test_keys_are_never_logged(tmp_path: Path) -> None:
         reader.join(timeout=30)
     log = "".join(lines)
     assert "GET /v1/collections" in log and "DELETE /v1/collections/k" in log, log[-3000:]  # the requests were logged
+    # Each access line names its request id (what the response's X-Request-ID says), so one request's lines join up.
+    access = [line for line in lines if "logger=uvicorn.access" in line]
+    assert access and all(re.search(r"request_id=[0-9a-f]{32}", line) for line in access), access[:3]
     for key in (READ_PLAIN, WRITE_HASHED, ADMIN_IN_FILE, UNKNOWN):
         assert key not in log, f"a key reached the log: {key}"
         assert key[:12] not in log  # not even a prefix
