@@ -115,10 +115,16 @@ class Searcher:
         self.check_text(req.text)
         if req.k > self.settings.max_k:
             raise InvalidInput(f"k must be at most {self.settings.max_k}, got {req.k}")
-        if req.text is not None and self.batching:
-            hits = await self._batched_text_search(req)
-        else:
-            hits = await run_in_threadpool(self._search_now, req, upload)
+        for attempt in range(SWITCH_RETRIES):  # a collection switching encoders meanwhile: encode again
+            try:
+                if req.text is not None and self.batching:
+                    hits = await self._batched_text_search(req)
+                else:
+                    hits = await run_in_threadpool(self._search_now, req, upload)
+                break
+            except SpaceChanged:
+                if attempt == SWITCH_RETRIES - 1:
+                    raise
         if req.collapse_duplicates:
             hits = collapse_duplicates(hits)
         took_ms = (time.perf_counter() - start) * 1000
@@ -133,32 +139,19 @@ class Searcher:
         )  # fmt: skip
 
     def _search_now(self, req: schemas.SearchRequest, upload: bytes | None) -> list:
-        """The search in the calling thread: encode (text or image) and search, again if the collection switched
-        encoders meanwhile (SpaceChanged)."""
-        for attempt in range(SWITCH_RETRIES):
-            encoder = self.engine.collection_encoder(req.collection)
-            if req.text is not None:
-                query = encoder.encode_texts([req.text])
-            else:
-                query = self._image_query(encoder, req, upload)
-            try:
-                return self._nearest(req, query, encoder)
-            except SpaceChanged:
-                if attempt == SWITCH_RETRIES - 1:
-                    raise
-        raise AssertionError("SWITCH_RETRIES is at least 1")
+        """The search in the calling thread: encode (text or image), then nearest."""
+        encoder = self.engine.collection_encoder(req.collection)
+        if req.text is not None:
+            query = encoder.encode_texts([req.text])
+        else:
+            query = self._image_query(encoder, req, upload)
+        return self._nearest(req, query, encoder)
 
     async def _batched_text_search(self, req: schemas.SearchRequest) -> list:
         """A text search whose query is encoded in a batch with other requests' (MicroBatcher)."""
-        for attempt in range(SWITCH_RETRIES):
-            encoder = await run_in_threadpool(self.engine.collection_encoder, req.collection)
-            query = (await self.batcher(encoder).run(req.text)).reshape(1, -1)
-            try:
-                return await run_in_threadpool(self._nearest, req, query, encoder)
-            except SpaceChanged:
-                if attempt == SWITCH_RETRIES - 1:
-                    raise
-        raise AssertionError("SWITCH_RETRIES is at least 1")
+        encoder = await run_in_threadpool(self.engine.collection_encoder, req.collection)
+        query = (await self.batcher(encoder).run(req.text)).reshape(1, -1)
+        return await run_in_threadpool(self._nearest, req, query, encoder)
 
     def _image_query(self, encoder: Encoder, req: schemas.SearchRequest, upload: bytes | None):  # noqa: ANN202
         data = upload if upload is not None else query_image_bytes(
