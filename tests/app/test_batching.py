@@ -7,6 +7,8 @@ import time
 import pytest
 
 from app.batching import MicroBatcher
+from app.deps import Searcher
+from app.settings import load_settings
 
 
 def test_concurrent_items_share_batches_and_keep_their_results() -> None:
@@ -72,3 +74,30 @@ def test_close_finishes_queued_work_and_refuses_new_items() -> None:
 def test_invalid_limits() -> None:
     with pytest.raises(ValueError):
         MicroBatcher("bad", lambda items: items, max_batch=0)
+
+
+def test_without_a_window_the_queries_waiting_while_a_batch_runs_form_the_next_one() -> None:
+    """max_wait_s=0 (what the service uses): a lone item runs at once, and the items that queue while it runs are
+    taken together as the next batch, none held back to wait for more."""
+    batches: list[list[str]] = []
+    first_running, release = threading.Event(), threading.Event()
+
+    def record(items: list[str]) -> list[str]:
+        batches.append(list(items))
+        if items == ["first"]:
+            first_running.set()
+            assert release.wait(10)
+        return items
+
+    batcher = MicroBatcher("greedy", record, max_batch=16, max_wait_s=0.0)
+    try:
+        first = batcher.submit("first")
+        assert first_running.wait(10)  # it started alone: nothing else was waiting
+        rest = [batcher.submit(name) for name in ("b", "c", "d")]
+        release.set()
+        assert [f.result(10) for f in (first, *rest)] == ["first", "b", "c", "d"]
+    finally:
+        batcher.close()
+    assert batches == [["first"], ["b", "c", "d"]]
+    # The service's searcher makes its batchers this way (a 5 ms window cost a lone query 5 ms; bench/RESULTS.md).
+    assert Searcher(engine=None, settings=load_settings()).max_wait_s == 0.0
