@@ -82,6 +82,8 @@ def api(r: dict) -> list[Row]:
     rows: list[Row] = [
         ("in-process encode + search p50", f"{r['in_process_engine_search']['p50_ms']} ms", "one caller")
     ]
+    if "in_process_on_a_worker_thread" in r:
+        rows.append(("... from a pool thread p50", f"{r['in_process_on_a_worker_thread']['p50_ms']} ms", "where a server runs it"))  # fmt: skip
     if "trivial_route" in r:
         rows.append(("trivial FastAPI route p50", f"{r['trivial_route']['p50_ms']} ms", "same server setup, 1 client"))
         rows.append(("/v1/search server overhead", f"{r['http_overhead_p50_ms_one_client']} ms", f"{_f(r['overhead_vs_trivial_route'])}x the trivial route; goal <= 2"))  # fmt: skip

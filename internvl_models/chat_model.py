@@ -40,6 +40,7 @@ from .chat_types import (
 from .checkpoint import resolve_checkpoint
 from .conversation import ChatTemplate, get_template, render
 from .errors import CheckpointError, InputError
+from .threads import CpuThreads
 from .tiling import IMG_CONTEXT, add_image_placeholders, expand_image_placeholders, image_to_tiles
 
 __all__ = ["MAX_TOP_LOGPROBS", "ChatDelta", "ChatModel", "ChatOutput", "GenerationSettings", "TokenLogprob"]
@@ -68,6 +69,7 @@ class ChatModel:
         stop = tokenizer.convert_tokens_to_ids(self.template.stop_token)
         self.stop_ids = {i for i in (stop, tokenizer.eos_token_id) if isinstance(i, int) and i >= 0}
         self.lock = threading.Lock()
+        self._cpu_threads = CpuThreads() if self.device.type == "cpu" else None
 
     @classmethod
     def from_pretrained(
@@ -214,11 +216,17 @@ class ChatModel:
     def _forward(self, inputs: torch.Tensor, cache: object) -> tuple[object, torch.Tensor]:
         """One step: prefill from embeddings (cache None) or one new token id; (cache, float32 last logits)."""
         lm = self.model.language_model
-        with self.lock, torch.inference_mode():
+
+        def step() -> object:
             if cache is None:
-                out = lm(inputs_embeds=inputs, use_cache=True, logits_to_keep=1)
-            else:
-                out = lm(input_ids=inputs, **cache_kwargs(lm, cache), use_cache=True, logits_to_keep=1)
+                return lm(inputs_embeds=inputs, use_cache=True, logits_to_keep=1)
+            return lm(input_ids=inputs, **cache_kwargs(lm, cache), use_cache=True, logits_to_keep=1)
+
+        with self.lock, torch.inference_mode():
+            if self._cpu_threads is None:
+                out = step()
+            else:  # a decode step on a small model is a small pass: one thread (threads.py)
+                out = self._cpu_threads.run("prefill" if cache is None else "decode", inputs.shape[1], step)
         return output_cache(out), out.logits[0, -1].float()
 
     @staticmethod
