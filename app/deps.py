@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
-from typing import Annotated
+from typing import Annotated, TypeVar
 
+import anyio
 from fastapi import Depends, HTTPException, Request
-from fastapi.concurrency import run_in_threadpool
 
 from indexer import Engine, InvalidInput, SpaceChanged
 from indexer.classify import classify_images, embed
@@ -30,6 +30,7 @@ from .batching import MicroBatcher
 from .settings import Settings
 
 SWITCH_RETRIES = 3
+T = TypeVar("T")
 
 
 # The dependencies are `async def` although they never await: FastAPI runs a plain `def` dependency in its thread
@@ -78,6 +79,14 @@ class Searcher:
         self.engine, self.settings, self.batching, self.max_wait_s = engine, settings, batching, max_wait_s
         self._batchers: dict[str, MicroBatcher[str, object]] = {}
         self._lock = threading.Lock()
+        # Searches running at once. Past a few per core, more threads only contend for the GIL: a thread that
+        # releases it for every torch op (the batcher's) waits up to the 5 ms switch interval to get it back,
+        # and with 40 threads (anyio's default) 128 clients got 33-46 req/s with batching, 75-83 without; with 4-8,
+        # 91-97 either way (bench/RESULTS.md).
+        self._limiter = anyio.CapacityLimiter(settings.search_threads)
+        # The encoder each collection was last searched with: a batched query is encoded before its search checks
+        # the collection, and the search's fingerprint check (SpaceChanged) catches a switch in between.
+        self._encoders: dict[str, Encoder] = {}
 
     def batcher(self, encoder: Encoder) -> MicroBatcher:
         with self._lock:
@@ -118,9 +127,9 @@ class Searcher:
         for attempt in range(SWITCH_RETRIES):  # a collection switching encoders meanwhile: encode again
             try:
                 if req.text is not None and self.batching:
-                    hits = await self._batched_text_search(req)
+                    hits = await self._batched_text_search(req, known=attempt == 0)
                 else:
-                    hits = await run_in_threadpool(self._search_now, req, upload)
+                    hits = await self._in_pool(self._search_now, req, upload)
                 break
             except SpaceChanged:
                 if attempt == SWITCH_RETRIES - 1:
@@ -147,11 +156,19 @@ class Searcher:
             query = self._image_query(encoder, req, upload)
         return self._nearest(req, query, encoder)
 
-    async def _batched_text_search(self, req: schemas.SearchRequest) -> list:
-        """A text search whose query is encoded in a batch with other requests' (MicroBatcher)."""
-        encoder = await run_in_threadpool(self.engine.collection_encoder, req.collection)
+    async def _batched_text_search(self, req: schemas.SearchRequest, *, known: bool) -> list:
+        """A text query encoded in a batch with other requests' (MicroBatcher), awaited without holding a thread,
+        then searched in the pool: one trip to it once the collection's encoder is known (`known`), two before."""
+        encoder = self._encoders.get(req.collection) if known else None
+        if encoder is None:
+            encoder = await self._in_pool(self.engine.collection_encoder, req.collection)
+            self._encoders[req.collection] = encoder
         query = (await self.batcher(encoder).run(req.text)).reshape(1, -1)
-        return await run_in_threadpool(self._nearest, req, query, encoder)
+        return await self._in_pool(self._nearest, req, query, encoder)
+
+    async def _in_pool(self, fn: Callable[..., T], *args: object) -> T:
+        """`fn(*args)` on a pool thread, at most `settings.search_threads` at once."""
+        return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
 
     def _image_query(self, encoder: Encoder, req: schemas.SearchRequest, upload: bytes | None):  # noqa: ANN202
         data = upload if upload is not None else query_image_bytes(

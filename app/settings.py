@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     )
     image_batch_size: int = Field(32, ge=1, le=4096, description="Images per encoder forward pass.")
     text_batch_size: int = Field(128, ge=1, le=16384, description="Texts per encoder forward pass.")
+    search_threads: int = Field(
+        8, ge=1, le=256, description="Searches that run at once (threads); more wait their turn, without a thread."
+    )
     # --- server ---
     host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
     port: int = Field(8000, ge=1, le=65535, description="Port the HTTP server listens on.")

@@ -14,8 +14,8 @@ index entries with the catalog and store functions a job's batch writer uses, th
 job (at 100k "auto" becomes HNSW). Queries are still real text encoded per request, so the figures include encoding.
 
 A uvicorn server runs in this process on 127.0.0.1 (a free port; loopback only) serving an engine on a temporary
-data dir; clients are httpx async clients. Each configuration sends a bounded number of text queries (distinct
-strings, so no cache could help). "overhead" is HTTP p50 at one client minus the in-process p50 of the same call
+data dir; clients are httpx async clients in a second process (bench/http_client.py). Each configuration sends a
+bounded number of text queries (distinct strings, so no cache could help). "overhead" is HTTP p50 at one client minus the in-process p50 of the same call
 (encode + search), i.e. what the service layer (parsing, validation, threads, JSON, loopback TCP) adds. The
 in-process calls run on the main thread; `in_process_on_a_worker_thread` repeats them from a pool thread, where a
 server runs them.
@@ -24,9 +24,9 @@ server runs them.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import io
 import json
+import multiprocessing
 import os
 import platform
 import socket
@@ -34,11 +34,9 @@ import statistics
 import tempfile
 import threading
 import time
-from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 import numpy as np
 import uvicorn
 from PIL import Image
@@ -49,14 +47,11 @@ from indexer import Engine, EngineConfig, IngestItem
 from indexer.catalog import migrate, repo
 from indexer.catalog.db import session_scope
 
+from . import http_client
+from .http_client import percentiles
 from .search import clustered
 
 CONCURRENCY = (1, 8, 32, 128)
-
-
-def percentiles(samples: list[float]) -> tuple[float, float]:
-    ordered = sorted(samples)
-    return ordered[len(ordered) // 2], ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
 def make_engine(root: Path, args: argparse.Namespace) -> Engine:
@@ -154,14 +149,6 @@ class Server:
         self.thread.join(30)
 
 
-async def _search(http: httpx.AsyncClient, i: int) -> httpx.Response:
-    return await http.post("/v1/search", json={"collection": "bench", "text": f"query {i}", "k": 10})
-
-
-async def _ping(http: httpx.AsyncClient, i: int) -> httpx.Response:
-    return await http.get("/ping")
-
-
 def trivial_app():  # noqa: ANN201 - FastAPI
     """The baseline route: FastAPI, one GET answering a constant JSON object (no validation, no work)."""
     from fastapi import FastAPI
@@ -175,20 +162,9 @@ def trivial_app():  # noqa: ANN201 - FastAPI
     return app
 
 
-async def one_client_times(base: str, n: int, send=_search, first: int = 0) -> list[float]:  # noqa: ANN001
-    """Milliseconds of n requests sent one after another on one connection, after a warm-up."""
-    async with httpx.AsyncClient(base_url=base, timeout=60) as http:
-        (await send(http, -1)).raise_for_status()
-        times = []
-        for i in range(first, first + n):
-            start = time.perf_counter()
-            response = await send(http, i)
-            times.append((time.perf_counter() - start) * 1e3)
-            response.raise_for_status()
-    return times
-
-
-def overhead(engine: Engine, search_base: str, trivial_base: str, requests: int, turns: int = 6) -> dict:
+def overhead(
+    engine: Engine, client: ProcessPoolExecutor, search_base: str, trivial_base: str, requests: int, turns: int = 6
+) -> dict:
     """The three one-caller figures the overhead is made of (engine.search in-process on the main thread, on a pool
     thread, /v1/search without batching, the trivial route), measured in turns of requests/turns calls each and
     pooled: a shared machine's load drifts during a run, and with each figure measured in one block of its own the
@@ -200,8 +176,8 @@ def overhead(engine: Engine, search_base: str, trivial_base: str, requests: int,
             times["main"] += in_process_times(engine, per, turn * per)
             # Where a server runs them: torch's threads behave differently on a thread other than the main one.
             times["worker"] += pool.submit(in_process_times, engine, per, turn * per).result()
-            times["http"] += asyncio.run(one_client_times(search_base, per, _search, turn * per))
-            times["trivial"] += asyncio.run(one_client_times(trivial_base, per, _ping))
+            times["http"] += client.submit(http_client.one_client, search_base, per, "search", turn * per).result()
+            times["trivial"] += client.submit(http_client.one_client, trivial_base, per, "ping").result()
     figures = {key: summary(samples) for key, samples in times.items()}
     added = figures["http"]["p50_ms"] - figures["main"]["p50_ms"]
     return {
@@ -217,43 +193,6 @@ def overhead(engine: Engine, search_base: str, trivial_base: str, requests: int,
     }
 
 
-async def load(base: str, clients: int, requests: int, send=_search) -> dict[str, object]:  # noqa: ANN001
-    """`requests` calls of `send` spread over `clients` concurrent connections; latency per answered request,
-    overall rate, and the failures by kind (an HTTP status >= 400, or the exception of a request that got no
-    answer): a failure is a figure to report, not a reason to lose the run."""
-    times: list[float] = []
-    errors: Counter[str] = Counter()
-    counter = iter(range(requests))
-
-    async def client(http: httpx.AsyncClient) -> None:
-        for i in counter:
-            start = time.perf_counter()
-            try:
-                response = await send(http, i)
-            except httpx.HTTPError as exc:
-                errors[type(exc).__name__] += 1
-                continue
-            if response.status_code >= 400:
-                errors[str(response.status_code)] += 1
-                continue
-            times.append((time.perf_counter() - start) * 1e3)
-
-    limits = httpx.Limits(max_connections=clients)
-    async with httpx.AsyncClient(base_url=base, timeout=300, limits=limits) as http:
-        await send(http, -1)  # warm-up
-        start = time.perf_counter()
-        await asyncio.gather(*(client(http) for _ in range(clients)))
-        wall = time.perf_counter() - start
-    if not times:
-        raise RuntimeError(f"no request was answered: {dict(errors)}")
-    p50, p99 = percentiles(times)
-    report: dict[str, object] = {"p50_ms": round(p50, 2), "p99_ms": round(p99, 2)}
-    report["requests_per_s"] = round(len(times) / wall, 1)
-    if errors:
-        report["errors"] = dict(errors)
-    return report
-
-
 def run(args: argparse.Namespace) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
         root = Path(tmp)
@@ -263,17 +202,22 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         try:
             info = engine.get_collection("bench")
             settings = load_settings(data_dir=root / "data", device=args.device, encoder_checkpoint=args.checkpoint)
-            # Against the unbatched server: at one client a batcher has nothing to batch.
-            with (
-                Server(create_app(settings, engine=engine, batching=False)) as search_base,
-                Server(trivial_app()) as trivial_base,
-            ):
-                one_caller = overhead(engine, search_base, trivial_base, args.requests)
-            http: dict[str, dict[str, dict[str, float]]] = {}
-            for batching in (True, False):
-                with Server(create_app(settings, engine=engine, batching=batching)) as base:
-                    label = "batching_on" if batching else "batching_off"
-                    http[label] = {f"clients_{c}": asyncio.run(load(base, c, args.requests)) for c in CONCURRENCY}
+            # The HTTP clients run in a process of their own (bench/http_client.py says why).
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as client:
+                # Against the unbatched server: at one client a batcher has nothing to batch.
+                with (
+                    Server(create_app(settings, engine=engine, batching=False)) as search_base,
+                    Server(trivial_app()) as trivial_base,
+                ):
+                    one_caller = overhead(engine, client, search_base, trivial_base, args.requests)
+                http: dict[str, dict[str, dict[str, float]]] = {}
+                for batching in (True, False):
+                    with Server(create_app(settings, engine=engine, batching=batching)) as base:
+                        label = "batching_on" if batching else "batching_off"
+                        http[label] = {
+                            f"clients_{c}": client.submit(http_client.clients, base, c, args.requests).result()
+                            for c in CONCURRENCY
+                        }
         finally:
             engine.close()
     return {

@@ -1,0 +1,88 @@
+"""The client side of bench.api, in a process of its own: an HTTP load generator sharing the server's process
+(and its GIL) slowed the server it measured, most of all at 128 clients, where the client's own Python work
+competed with every server thread. Light imports only (httpx): the process starts in well under a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+
+import httpx
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    return ordered[len(ordered) // 2], ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+async def _search(http: httpx.AsyncClient, i: int) -> httpx.Response:
+    return await http.post("/v1/search", json={"collection": "bench", "text": f"query {i}", "k": 10})
+
+
+async def _ping(http: httpx.AsyncClient, i: int) -> httpx.Response:
+    return await http.get("/ping")
+
+
+SENDERS = {"search": _search, "ping": _ping}
+
+
+async def one_client_times(base: str, n: int, kind: str = "search", first: int = 0) -> list[float]:  # noqa: ANN001
+    """Milliseconds of n requests sent one after another on one connection, after a warm-up."""
+    async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+        send = SENDERS[kind]
+        (await send(http, -1)).raise_for_status()
+        times = []
+        for i in range(first, first + n):
+            start = time.perf_counter()
+            response = await send(http, i)
+            times.append((time.perf_counter() - start) * 1e3)
+            response.raise_for_status()
+    return times
+
+
+async def load(base: str, clients: int, requests: int, kind: str = "search") -> dict[str, object]:  # noqa: ANN001
+    """`requests` calls of `send` spread over `clients` concurrent connections; latency per answered request,
+    overall rate, and the failures by kind (an HTTP status >= 400, or the exception of a request that got no
+    answer): a failure is a figure to report, not a reason to lose the run."""
+    send = SENDERS[kind]
+    times: list[float] = []
+    errors: Counter[str] = Counter()
+    counter = iter(range(requests))
+
+    async def client(http: httpx.AsyncClient) -> None:
+        for i in counter:
+            start = time.perf_counter()
+            try:
+                response = await send(http, i)
+            except httpx.HTTPError as exc:
+                errors[type(exc).__name__] += 1
+                continue
+            if response.status_code >= 400:
+                errors[str(response.status_code)] += 1
+                continue
+            times.append((time.perf_counter() - start) * 1e3)
+
+    limits = httpx.Limits(max_connections=clients)
+    async with httpx.AsyncClient(base_url=base, timeout=300, limits=limits) as http:
+        await send(http, -1)  # warm-up
+        start = time.perf_counter()
+        await asyncio.gather(*(client(http) for _ in range(clients)))
+        wall = time.perf_counter() - start
+    if not times:
+        raise RuntimeError(f"no request was answered: {dict(errors)}")
+    p50, p99 = percentiles(times)
+    report: dict[str, object] = {"p50_ms": round(p50, 2), "p99_ms": round(p99, 2)}
+    report["requests_per_s"] = round(len(times) / wall, 1)
+    if errors:
+        report["errors"] = dict(errors)
+    return report
+
+
+def one_client(base: str, n: int, kind: str = "search", first: int = 0) -> list[float]:
+    return asyncio.run(one_client_times(base, n, kind, first))
+
+
+def clients(base: str, count: int, requests: int, kind: str = "search") -> dict[str, object]:
+    return asyncio.run(load(base, count, requests, kind))

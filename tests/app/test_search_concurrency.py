@@ -1,0 +1,98 @@
+"""Searcher against a real engine (tiny encoder, SQLite, FAISS): no more searches run at once than `search_threads`,
+and a batched text query encoded with an encoder the collection no longer uses is encoded again, not answered from
+the wrong space."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "indexer"))
+from hostile import cached_encoder_factory, engine_config, image_bytes  # noqa: E402
+
+from app.deps import Searcher  # noqa: E402
+from app.schemas import SearchRequest  # noqa: E402
+from app.settings import load_settings  # noqa: E402
+from indexer import Engine, IngestItem  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    root = tmp_path_factory.mktemp("concurrency")
+    with Engine(engine_config(root, f"sqlite:///{root / 'catalog.db'}"), cached_encoder_factory).open() as engine:
+        engine.create_collection("pics")
+        items = [IngestItem.upload(image_bytes("red", (40, 30), seed=i), f"{i}.png") for i in range(6)]
+        engine.run_job(engine.submit("pics", items, start=False))
+        yield engine
+
+
+class Overlap:
+    """Wraps a method of the engine: counts how many calls run at once (each made to last 50 ms)."""
+
+    def __init__(self, engine: Engine, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.running = self.most = self.calls = 0
+        self._lock = threading.Lock()
+        real = getattr(engine, name)
+
+        def counted(*args: object, **kwargs: object) -> object:
+            with self._lock:
+                self.running += 1
+                self.calls += 1
+                self.most = max(self.most, self.running)
+            try:
+                time.sleep(0.05)
+                return real(*args, **kwargs)
+            finally:
+                with self._lock:
+                    self.running -= 1
+
+        monkeypatch.setattr(engine, name, counted)
+
+
+def run_searches(searcher: Searcher, texts: list[str]) -> list:
+    async def all_at_once() -> list:
+        return await asyncio.gather(*(searcher.search(SearchRequest(collection="pics", text=t, k=3)) for t in texts))
+
+    try:
+        return asyncio.run(all_at_once())
+    finally:
+        searcher.close()
+
+
+@pytest.mark.parametrize("batching", [False, True])
+def test_no_more_searches_run_at_once_than_search_threads(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, batching: bool
+) -> None:
+    overlap = Overlap(engine, "search_vector", monkeypatch)
+    searcher = Searcher(engine, load_settings(search_threads=2), batching=batching)
+    answers = run_searches(searcher, [f"query {i}" for i in range(8)])
+    assert [len(a.results) for a in answers] == [3] * 8
+    assert overlap.calls == 8 and overlap.most == 2  # 8 waited for 2 threads (anyio's default pool has 40)
+
+
+def test_a_batched_query_learns_the_encoder_once_and_encodes_again_after_a_switch(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from factories import make_tiny_internvl_checkpoint
+
+    expected = [h.id for h in engine.search("pics", text="a red square", k=3)]
+    lookups = Overlap(engine, "collection_encoder", monkeypatch)
+    searcher = Searcher(engine, load_settings(), batching=True)
+    first = run_searches(searcher, ["a red square"])
+    again = run_searches(searcher, ["a red square"] * 3)
+    assert lookups.calls == 1  # later batched queries use the encoder the collection was last searched with
+    assert [[h.id for h in a.results] for a in (*first, *again)] == [expected] * 4
+    # As if the collection had switched encoders since: the query encoded in the other space is refused by the
+    # search (SpaceChanged) and encoded again with the collection's encoder, at the cost of one more lookup.
+    other = cached_encoder_factory("internvl-c", make_tiny_internvl_checkpoint(tmp_path / "other", seed=7))
+    assert other.fingerprint != engine.collection_encoder("pics").fingerprint
+    searcher._encoders["pics"] = other
+    switched = run_searches(searcher, ["a red square"])
+    assert [h.id for h in switched[0].results] == expected
+    assert searcher._encoders["pics"].fingerprint == engine.collection_encoder("pics").fingerprint
