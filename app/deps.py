@@ -79,10 +79,9 @@ class Searcher:
         self.engine, self.settings, self.batching, self.max_wait_s = engine, settings, batching, max_wait_s
         self._batchers: dict[str, MicroBatcher[str, object]] = {}
         self._lock = threading.Lock()
-        # Searches running at once. Past a few per core, more threads only contend for the GIL: a thread that
-        # releases it for every torch op (the batcher's) waits up to the 5 ms switch interval to get it back,
-        # and with 40 threads (anyio's default) 128 clients got 33-46 req/s with batching, 75-83 without; with 4-8,
-        # 91-97 either way (bench/RESULTS.md).
+        # Searches running at once. Past a few per core, more threads only contend for the GIL, and a thread that
+        # releases it at every torch op (the batcher's) can wait up to the 5 ms switch interval each time to get it
+        # back (bench/RESULTS.md, "HTTP search service").
         self._limiter = anyio.CapacityLimiter(settings.search_threads)
         # The encoder each collection was last searched with: a batched query is encoded before its search checks
         # the collection, and the search's fingerprint check (SpaceChanged) catches a switch in between.
@@ -118,8 +117,7 @@ class Searcher:
     async def search(self, req: schemas.SearchRequest, upload: bytes | None = None) -> schemas.SearchResponse:
         """One search request: the query vector (batched for text), then filter + nearest + hydrate.
 
-        Unbatched, the whole search is one trip to the thread pool (it was three: each costs a thread wake-up both
-        ways)."""
+        Unbatched, the whole search is one trip to the thread pool (a trip costs a thread wake-up both ways)."""
         start = time.perf_counter()
         self.check_text(req.text)
         if req.k > self.settings.max_k:
@@ -148,13 +146,17 @@ class Searcher:
         )  # fmt: skip
 
     def _search_now(self, req: schemas.SearchRequest, upload: bytes | None) -> list:
-        """The search in the calling thread: encode (text or image), then nearest."""
-        encoder = self.engine.collection_encoder(req.collection)
-        if req.text is not None:
-            query = encoder.encode_texts([req.text])
-        else:
-            query = self._image_query(encoder, req, upload)
-        return self._nearest(req, query, encoder)
+        """The search in the calling thread: encode (text or image), then nearest, with one look at the catalog."""
+
+        def encode(encoder: Encoder):  # noqa: ANN202 - (1, dim) array
+            if req.text is not None:
+                return encoder.encode_texts([req.text])
+            return self._image_query(encoder, req, upload)
+
+        return self.engine.search_encoded(
+            req.collection, encode, k=req.k, filter=req.filter, min_score=req.min_score, offset=req.offset,
+            exclude=req.image_id,
+        )  # fmt: skip
 
     async def _batched_text_search(self, req: schemas.SearchRequest, *, known: bool) -> list:
         """A text query encoded in a batch with other requests' (MicroBatcher), awaited without holding a thread,

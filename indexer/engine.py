@@ -451,22 +451,42 @@ class Engine(model_switch.EncoderSwitching):
     ) -> list[Hit]:
         """The k best images for a text (any language), an image, or an indexed image (itself excluded)."""
         check_query(text, image, image_id, k, offset)
+
+        def encode(encoder: Encoder) -> np.ndarray:
+            if text is not None:
+                return text_query_vector(encoder, text)
+            if image is not None:
+                return image_query_vector(encoder, image, max_pixels=self.config.max_image_pixels)
+            path = self.image_path(collection, image_id)
+            return image_query_vector(encoder, path.read_bytes(), max_pixels=self.config.max_image_pixels)
+
+        return self.search_encoded(
+            collection, encode, k=k, filter=filter, min_score=min_score, offset=offset, exclude=image_id
+        )
+
+    def search_encoded(
+        self,
+        collection: str,
+        encode: Callable[[Encoder], np.ndarray],
+        *,
+        k: int = 10,
+        filter: Mapping[str, Any] | None = None,
+        min_score: float | None = None,
+        offset: int = 0,
+        exclude: int | None = None,
+    ) -> list[Hit]:
+        """Search with the (1, dim) query vector `encode(encoder)` makes with the collection's encoder. One look at
+        the catalog serves the encoder lookup and the search (it was one each), and the query is encoded again when
+        the collection switches encoders in between (SpaceChanged)."""
+        check_query(None, None, 0, k, offset)  # validates k and offset; the query itself comes from `encode`
         check_filter(filter)
         retries = SWITCH_RETRIES
-        while True:  # encoded again when the collection switches encoders in between (SpaceChanged)
-            encoder = self.collection_encoder(collection)
-            if text is not None:
-                query = text_query_vector(encoder, text)
-            elif image is not None:
-                query = image_query_vector(encoder, image, max_pixels=self.config.max_image_pixels)
-            else:
-                path = self.image_path(collection, image_id)
-                query = image_query_vector(encoder, path.read_bytes(), max_pixels=self.config.max_image_pixels)
+        while True:
+            live = self._fresh(collection)
+            encoder = self._collection_encoder(live)
+            query = encode(encoder)
             try:
-                return self.search_vector(
-                    collection, query, k=k, filter=filter, min_score=min_score, offset=offset, exclude=image_id,
-                    fingerprint=encoder.fingerprint,
-                )  # fmt: skip
+                return self._nearest_hits(live, query, k, filter, min_score, offset, exclude, encoder.fingerprint)
             except SpaceChanged:
                 retries -= 1
                 if not retries:
@@ -494,10 +514,15 @@ class Engine(model_switch.EncoderSwitching):
         encoders since (encode the query again), rather than an answer from a space the query is not in."""
         check_query(None, None, 0, k, offset)  # validates k and offset; the query itself is the vector
         check_filter(filter)
-        live = self._fresh(collection)
+        return self._nearest_hits(self._fresh(collection), query, k, filter, min_score, offset, exclude, fingerprint)
+
+    def _nearest_hits(  # the search's parameters, checked by the public callers
+        self, live: LiveCollection, query: np.ndarray, k: int, filter: Mapping[str, Any] | None,
+        min_score: float | None, offset: int, exclude: int | None, fingerprint: str | None,
+    ) -> list[Hit]:  # fmt: skip
         space, store = live.serving()
         if fingerprint is not None and fingerprint != space.fingerprint:
-            raise SpaceChanged(f"collection {collection!r} switched encoders while the query was encoded; retry")
+            raise SpaceChanged(f"collection {live.name!r} switched encoders while the query was encoded; retry")
         query = np.asarray(query, dtype=np.float32).reshape(1, -1)
         if query.shape[1] != space.dim:
             raise InvalidInput(f"query vector has {query.shape[1]} dimensions, the collection {space.dim}")

@@ -1,6 +1,6 @@
-"""Searcher against a real engine (tiny encoder, SQLite, FAISS): no more searches run at once than `search_threads`,
-and a batched text query encoded with an encoder the collection no longer uses is encoded again, not answered from
-the wrong space."""
+"""The search path against a real engine (tiny encoder, SQLite, FAISS): a search looks the collection up in the
+catalog once, no more searches run at once than `search_threads`, and a batched text query encoded with an encoder
+the collection no longer uses is encoded again, not answered from the wrong space."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import event
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "indexer"))
 from hostile import cached_encoder_factory, engine_config, image_bytes  # noqa: E402
@@ -65,11 +66,34 @@ def run_searches(searcher: Searcher, texts: list[str]) -> list:
         searcher.close()
 
 
+def collection_lookups(engine: Engine, search: object) -> int:
+    """How many statements reading the collections table `search()` runs."""
+    statements: list[str] = []
+
+    def record(conn, cursor, statement: str, *args: object) -> None:  # noqa: ANN001 - SQLAlchemy's event signature
+        statements.append(statement)
+
+    bind = engine.sessions.kw["bind"]
+    event.listen(bind, "before_cursor_execute", record)
+    try:
+        search()
+    finally:
+        event.remove(bind, "before_cursor_execute", record)
+    return sum("FROM collections" in s for s in statements)
+
+
+def test_a_search_looks_the_collection_up_once(engine: Engine) -> None:
+    # The encoder lookup and the search each looked it up (two catalog queries per search before).
+    assert collection_lookups(engine, lambda: engine.search("pics", text="a red square", k=3)) == 1
+    searcher = Searcher(engine, load_settings(), batching=False)
+    assert collection_lookups(engine, lambda: run_searches(searcher, ["a red square"])) == 1
+
+
 @pytest.mark.parametrize("batching", [False, True])
 def test_no_more_searches_run_at_once_than_search_threads(
     engine: Engine, monkeypatch: pytest.MonkeyPatch, batching: bool
 ) -> None:
-    overlap = Overlap(engine, "search_vector", monkeypatch)
+    overlap = Overlap(engine, "_nearest_hits", monkeypatch)  # the stage both paths end in
     searcher = Searcher(engine, load_settings(search_threads=2), batching=batching)
     answers = run_searches(searcher, [f"query {i}" for i in range(8)])
     assert [len(a.results) for a in answers] == [3] * 8
