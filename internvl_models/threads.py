@@ -28,13 +28,16 @@ import torch
 R = TypeVar("R")
 
 SMALL_PASS_S = 0.010
+# torch's intra-op thread count when this module was imported (OMP_NUM_THREADS, else the core count): the "full"
+# count. Read once, here, because later a thread can start while a small pass runs elsewhere and read 1.
+CONFIGURED_THREADS = torch.get_num_threads()
 
 
 class CpuThreads:
     """Chooses and applies the intra-op thread count of each CPU forward pass of one model."""
 
     def __init__(self, full: int | None = None, small_pass_s: float = SMALL_PASS_S) -> None:
-        self.full = full or torch.get_num_threads()  # the count in effect when the model was built
+        self.full = full or CONFIGURED_THREADS
         self.small_pass_s = small_pass_s
         self._last_s: dict[tuple[str, int], float] = {}
         self._lock = threading.Lock()

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from internvl_models import create_encoder
-from internvl_models.threads import CpuThreads
+from internvl_models.threads import CONFIGURED_THREADS, CpuThreads
 
 SHAPES = Path(__file__).resolve().parents[2] / "internvl_models/shapes_world/weights/internvl-shapes"
 
@@ -94,16 +94,24 @@ def test_a_thread_that_starts_during_a_small_pass_is_put_right_at_its_next_pass(
 
 
 def test_one_configured_thread_is_left_alone():
-    torch.set_num_threads(1)
-    threads = CpuThreads()
-    assert threads.full == 1
+    torch.set_num_threads(1)  # as OMP_NUM_THREADS=1 configures it
+    threads = CpuThreads(full=1)
     forward, seen = seen_threads()
     threads.run("text", 1, forward)
     threads.run("text", 1, forward)
     assert seen == [1, 1] and torch.get_num_threads() == 1
 
 
-def test_the_encoder_runs_a_repeated_small_query_on_one_thread_with_the_same_vector():
+def test_the_full_count_is_the_one_torch_had_at_import_not_the_building_threads():
+    # A model may be built on a thread that started while a small pass ran elsewhere, and so reads 1.
+    torch.set_num_threads(1)
+    assert CpuThreads().full == CONFIGURED_THREADS
+
+
+def test_the_encoder_runs_a_repeated_small_query_on_one_thread_with_the_same_vector(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    monkeypatch.setattr("internvl_models.threads.CONFIGURED_THREADS", 2)  # as on a 2-core machine
     torch.set_num_threads(2)
     encoder = create_encoder("internvl-c", SHAPES, device="cpu")
     seen: list[int] = []
