@@ -28,7 +28,7 @@ async def _ping(http: httpx.AsyncClient, i: int) -> httpx.Response:
 SENDERS = {"search": _search, "ping": _ping}
 
 
-async def one_client_times(base: str, n: int, kind: str = "search", first: int = 0) -> list[float]:  # noqa: ANN001
+async def one_client_times(base: str, n: int, kind: str = "search", first: int = 0) -> list[float]:
     """Milliseconds of n requests sent one after another on one connection, after a warm-up."""
     async with httpx.AsyncClient(base_url=base, timeout=60) as http:
         send = SENDERS[kind]
@@ -42,8 +42,8 @@ async def one_client_times(base: str, n: int, kind: str = "search", first: int =
     return times
 
 
-async def load(base: str, clients: int, requests: int, kind: str = "search") -> dict[str, object]:  # noqa: ANN001
-    """`requests` calls of `send` spread over `clients` concurrent connections; latency per answered request,
+async def load(base: str, clients: int, requests: int, kind: str = "search") -> dict[str, object]:
+    """`requests` calls of the `kind` request spread over `clients` concurrent connections; latency per answered request,
     overall rate, and the failures by kind (an HTTP status >= 400, or the exception of a request that got no
     answer): a failure is a figure to report, not a reason to lose the run."""
     send = SENDERS[kind]
