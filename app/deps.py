@@ -14,6 +14,7 @@ from fastapi import Depends, HTTPException, Request
 
 from indexer import Engine, InvalidInput, SpaceChanged
 from indexer.classify import classify_images, embed
+from indexer.engine import SWITCH_RETRIES
 from indexer.vector_query import (
     collapse_duplicates,
     decode_base64,
@@ -29,7 +30,6 @@ from .auth import require_scope
 from .batching import MicroBatcher
 from .settings import Settings
 
-SWITCH_RETRIES = 3
 T = TypeVar("T")
 
 
@@ -122,16 +122,10 @@ class Searcher:
         self.check_text(req.text)
         if req.k > self.settings.max_k:
             raise InvalidInput(f"k must be at most {self.settings.max_k}, got {req.k}")
-        for attempt in range(SWITCH_RETRIES):  # a collection switching encoders meanwhile: encode again
-            try:
-                if req.text is not None and self.batching:
-                    hits = await self._batched_text_search(req, known=attempt == 0)
-                else:
-                    hits = await self._in_pool(self._search_now, req, upload)
-                break
-            except SpaceChanged:
-                if attempt == SWITCH_RETRIES - 1:
-                    raise
+        if req.text is not None and self.batching:
+            hits = await self._batched_text_search(req)
+        else:  # Engine.search_encoded encodes again itself when the collection switches encoders meanwhile
+            hits = await self._in_pool(self._search_now, req, upload)
         if req.collapse_duplicates:
             hits = collapse_duplicates(hits)
         took_ms = (time.perf_counter() - start) * 1000
@@ -158,15 +152,23 @@ class Searcher:
             exclude=req.image_id,
         )  # fmt: skip
 
-    async def _batched_text_search(self, req: schemas.SearchRequest, *, known: bool) -> list:
+    async def _batched_text_search(self, req: schemas.SearchRequest) -> list:
         """A text query encoded in a batch with other requests' (MicroBatcher), awaited without holding a thread,
-        then searched in the pool: one trip to it once the collection's encoder is known (`known`), two before."""
-        encoder = self._encoders.get(req.collection) if known else None
-        if encoder is None:
-            encoder = await self._in_pool(self.engine.collection_encoder, req.collection)
-            self._encoders[req.collection] = encoder
-        query = (await self.batcher(encoder).run(req.text)).reshape(1, -1)
-        return await self._in_pool(self._nearest, req, query, encoder)
+        then searched in the pool: one trip to it once the collection's encoder is known, two before. Encoded again
+        when the collection switched encoders meanwhile (SpaceChanged), with the encoder looked up anew."""
+        retries, encoder = SWITCH_RETRIES, self._encoders.get(req.collection)
+        while True:
+            if encoder is None:
+                encoder = await self._in_pool(self.engine.collection_encoder, req.collection)
+                self._encoders[req.collection] = encoder
+            query = (await self.batcher(encoder).run(req.text)).reshape(1, -1)
+            try:
+                return await self._in_pool(self._nearest, req, query, encoder)
+            except SpaceChanged:
+                retries -= 1
+                if not retries:
+                    raise
+                encoder = None
 
     async def _in_pool(self, fn: Callable[..., T], *args: object) -> T:
         """`fn(*args)` on a pool thread, at most `settings.search_threads` at once."""

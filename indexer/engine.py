@@ -281,7 +281,7 @@ class Engine(model_switch.EncoderSwitching):
 
     def _fresh(self, name: str) -> LiveCollection:
         """The collection for a read, refreshed when another process changed it since we loaded it (one catalog
-        query once it is loaded: every search makes this call twice)."""
+        query once it is loaded; a search makes this call once)."""
         with session_scope(self.sessions) as session:
             row = repo.get_collection(session, name)
             collection_id, version, space = row.id, row.index_version, Space.of(row)

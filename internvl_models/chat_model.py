@@ -69,7 +69,7 @@ class ChatModel:
         stop = tokenizer.convert_tokens_to_ids(self.template.stop_token)
         self.stop_ids = {i for i in (stop, tokenizer.eos_token_id) if isinstance(i, int) and i >= 0}
         self.lock = threading.Lock()
-        self._cpu_threads = CpuThreads() if self.device.type == "cpu" else None
+        self._cpu_threads = CpuThreads(self.device)
 
     @classmethod
     def from_pretrained(
@@ -222,11 +222,8 @@ class ChatModel:
                 return lm(inputs_embeds=inputs, use_cache=True, logits_to_keep=1)
             return lm(input_ids=inputs, **cache_kwargs(lm, cache), use_cache=True, logits_to_keep=1)
 
-        with self.lock, torch.inference_mode():
-            if self._cpu_threads is None:
-                out = step()
-            else:  # a decode step on a small model is a small pass: one thread (threads.py)
-                out = self._cpu_threads.run("prefill" if cache is None else "decode", inputs.shape[1], step)
+        with self.lock, torch.inference_mode():  # a decode step of a small model on a CPU is a small pass (threads.py)
+            out = self._cpu_threads.run("prefill" if cache is None else "decode", inputs.shape[1], step)
         return output_cache(out), out.logits[0, -1].float()
 
     @staticmethod

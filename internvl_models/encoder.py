@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -63,7 +63,7 @@ class Encoder(ABC):
         self._forward_lock = threading.Lock()
         self._image_batches: AdaptiveBatch | None = None  # planned at the first image batch (needs its shape)
         self._text_batches = AdaptiveBatch(text_batch_size, "text")
-        self._cpu_threads = CpuThreads() if device.type == "cpu" else None  # small passes on one thread (threads.py)
+        self._cpu_threads = CpuThreads(device)  # small CPU passes on one thread (threads.py)
 
     # --- what a back end implements -------------------------------------------------------------------------
     @abstractmethod
@@ -122,11 +122,8 @@ class Encoder(ABC):
             chunk = chunk.pin_memory().to(self.device, non_blocking=True)
         chunk = chunk.to(self.device, self.dtype)
         with self._forward_lock:
-            features = self._forward("image", len(chunk), lambda: self._image_features(chunk))
+            features = self._cpu_threads.run("image", len(chunk), lambda: self._image_features(chunk))
         return _unit_rows(features)
-
-    def _forward(self, kind: str, items: int, forward: Callable[[], torch.Tensor]) -> torch.Tensor:
-        return forward() if self._cpu_threads is None else self._cpu_threads.run(kind, items, forward)
 
     def _image_batch_plan(self, pixels: torch.Tensor) -> AdaptiveBatch:
         """The image batch size, planned once from free device memory (CUDA) or the configured size (CPU)."""
@@ -159,7 +156,7 @@ class Encoder(ABC):
         # Text activations stay small next to the weights (a few hundred tokens per batch, packed by the InternVL
         # back end), so the text batch is not planned from memory; back-off alone covers it.
         with self._forward_lock:
-            features = self._forward("text", len(texts), lambda: self._text_features(texts))
+            features = self._cpu_threads.run("text", len(texts), lambda: self._text_features(texts))
         return _unit_rows(features)
 
 

@@ -33,9 +33,13 @@ CONFIGURED_THREADS = torch.get_num_threads()
 
 
 class CpuThreads:
-    """Chooses and applies the intra-op thread count of each CPU forward pass of one model."""
+    """Chooses and applies the intra-op thread count of each CPU forward pass of one model on `device` (off the CPU
+    a pass just runs: the host threads only launch kernels there)."""
 
-    def __init__(self, full: int | None = None, small_pass_s: float = SMALL_PASS_S) -> None:
+    def __init__(
+        self, device: torch.device | str = "cpu", *, full: int | None = None, small_pass_s: float = SMALL_PASS_S
+    ) -> None:
+        self.on_cpu = torch.device(device).type == "cpu"
         self.full = full or CONFIGURED_THREADS
         self.small_pass_s = small_pass_s
         self._last_s: dict[tuple[str, int], float] = {}
@@ -48,7 +52,7 @@ class CpuThreads:
 
     def run(self, kind: str, items: int, forward: Callable[[], R]) -> R:
         """`forward()` on the thread count its kind and size call for; its duration decides the next choice."""
-        if self.full == 1:
+        if not self.on_cpu or self.full == 1:
             return forward()
         torch.set_num_threads(self.threads_for(kind, items))
         try:

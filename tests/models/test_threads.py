@@ -106,6 +106,15 @@ def test_one_configured_thread_is_left_alone():
     assert seen == [1, 1] and torch.get_num_threads() == 1
 
 
+def test_off_the_cpu_a_pass_just_runs():
+    torch.set_num_threads(2)
+    threads = CpuThreads("cuda", full=2, small_pass_s=QUICK_PASS_IS_SMALL)  # a device object; no GPU needed
+    forward, seen = seen_threads()
+    for _ in range(2):
+        threads.run("text", 1, forward)
+    assert seen == [2, 2] and threads.threads_for("text", 1) == 2  # nothing chosen, nothing measured
+
+
 def test_the_full_count_is_the_one_torch_had_at_import_not_the_building_threads():
     # A model may be built on a thread that started while a small pass ran elsewhere, and so reads 1.
     torch.set_num_threads(1)
