@@ -141,8 +141,9 @@ class LimitsMiddleware:
             started = started or message["type"] == "http.response.start"
             await send(message)
 
-        try:
-            await asyncio.wait_for(self.app(scope, receive, tracking_send), self.timeout_s)
+        try:  # a timeout scope, not wait_for: in Python 3.11 wait_for runs the app in a second task per request
+            async with asyncio.timeout(self.timeout_s):
+                await self.app(scope, receive, tracking_send)
         except TimeoutError:
             if not started:
                 message = f"the request took longer than {self.timeout_s:g} s"

@@ -74,7 +74,13 @@ class MicroBatcher(Generic[T, R]):
 
     async def run(self, item: T) -> R:
         """Submit from async code and await the result without blocking the event loop."""
-        return await asyncio.wrap_future(self.submit(item))
+        return (await self.run_timed(item))[0]
+
+    async def run_timed(self, item: T) -> tuple[R, float]:
+        """`run`, with the seconds the forward pass that computed the item took (shared with its batch-mates)."""
+        future = self.submit(item)
+        result = await asyncio.wrap_future(future)
+        return result, future.pass_seconds  # type: ignore[attr-defined] - set by _execute before the result
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Finish what is queued, then stop the worker."""
@@ -122,7 +128,9 @@ class MicroBatcher(Generic[T, R]):
                 request.future.set_exception(exc)
             return
         finally:
+            elapsed = time.monotonic() - start
             BATCH_SIZE.labels(self.name).observe(len(batch))
-            BATCH_SECONDS.labels(self.name).observe(time.monotonic() - start)
+            BATCH_SECONDS.labels(self.name).observe(elapsed)
         for request, result in zip(batch, results, strict=True):
+            request.future.pass_seconds = elapsed  # type: ignore[attr-defined] - read by run_timed
             request.future.set_result(result)

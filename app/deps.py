@@ -122,16 +122,19 @@ class Searcher:
         self.check_text(req.text)
         if req.k > self.settings.max_k:
             raise InvalidInput(f"k must be at most {self.settings.max_k}, got {req.k}")
+        spent: list[float] = []  # seconds of engine work, where it ran (sent as Server-Timing)
         if req.text is not None and self.batching:
-            hits = await self._batched_text_search(req)
+            hits = await self._batched_text_search(req, spent)
         else:  # Engine.search_encoded encodes again itself when the collection switches encoders meanwhile
-            hits = await self._in_pool(self._search_now, req, upload)
+            hits = await self._in_pool(self._search_now, req, upload, spent=spent)
         if req.collapse_duplicates:
             hits = collapse_duplicates(hits)
         took_ms = (time.perf_counter() - start) * 1000
-        return schemas.SearchResponse(
+        response = schemas.SearchResponse(
             collection=req.collection, results=[schemas.hit_out(req.collection, h) for h in hits], took_ms=took_ms
         )
+        response._engine_ms = sum(spent) * 1000
+        return response
 
     def _nearest(self, req: schemas.SearchRequest, query, encoder: Encoder) -> list:  # noqa: ANN001 - (1, dim) array
         return self.engine.search_vector(
@@ -152,27 +155,37 @@ class Searcher:
             exclude=req.image_id,
         )  # fmt: skip
 
-    async def _batched_text_search(self, req: schemas.SearchRequest) -> list:
+    async def _batched_text_search(self, req: schemas.SearchRequest, spent: list[float]) -> list:
         """A text query encoded in a batch with other requests' (MicroBatcher), awaited without holding a thread,
         then searched in the pool: one trip to it once the collection's encoder is known, two before. Encoded again
         when the collection switched encoders meanwhile (SpaceChanged), with the encoder looked up anew."""
         retries, encoder = SWITCH_RETRIES, self._encoders.get(req.collection)
         while True:
             if encoder is None:
-                encoder = await self._in_pool(self.engine.collection_encoder, req.collection)
+                encoder = await self._in_pool(self.engine.collection_encoder, req.collection, spent=spent)
                 self._encoders[req.collection] = encoder
-            query = (await self.batcher(encoder).run(req.text)).reshape(1, -1)
+            query, pass_s = await self.batcher(encoder).run_timed(req.text)
+            spent.append(pass_s)
             try:
-                return await self._in_pool(self._nearest, req, query, encoder)
+                return await self._in_pool(self._nearest, req, query.reshape(1, -1), encoder, spent=spent)
             except SpaceChanged:
                 retries -= 1
                 if not retries:
                     raise
                 encoder = None
 
-    async def _in_pool(self, fn: Callable[..., T], *args: object) -> T:
-        """`fn(*args)` on a pool thread, at most `settings.search_threads` at once."""
-        return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+    async def _in_pool(self, fn: Callable[..., T], *args: object, spent: list[float]) -> T:
+        """`fn(*args)` on a pool thread, at most `settings.search_threads` at once; the seconds it ran are appended
+        to `spent` (what the trip to and from the thread costs is not in them)."""
+
+        def timed() -> T:
+            start = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                spent.append(time.perf_counter() - start)
+
+        return await anyio.to_thread.run_sync(timed, limiter=self._limiter)
 
     def _image_query(self, encoder: Encoder, req: schemas.SearchRequest, upload: bytes | None):  # noqa: ANN202
         data = upload if upload is not None else query_image_bytes(

@@ -26,7 +26,7 @@ from .auth import LimitsMiddleware, install_access_control
 from .errors import ErrorResponse, install_error_handlers
 from .logs import request_id_var
 from .metrics import install_metrics
-from .routes import api_router
+from .routes import ROUTERS
 from .routes.web import WEB_DIR
 from .settings import Settings, get_settings
 
@@ -64,7 +64,8 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     install_access_control(app, settings)
     install_metrics(app)
     app.state.gauge_sources.append(lambda: service_gauges(app))
-    app.include_router(api_router)
+    for router in ROUTERS:
+        app.include_router(router)
     app.mount("/web", StaticFiles(directory=WEB_DIR), name="web")
     # Starlette's limiter counts streamed bodies (FastAPI turns its signal into a 413 our handler formats); ours,
     # outside it, refuses a too-large Content-Length up front in the one error schema and bounds request time.

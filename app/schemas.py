@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 MAX_ID = 2**63 - 1  # ids are signed 64-bit integers in the catalog
 
@@ -241,6 +241,9 @@ class SearchResponse(BaseModel):
     collection: str
     results: list[Hit]
     took_ms: float
+    # Milliseconds of engine work behind the answer (encoding, nearest neighbours, catalog reads), timed on the
+    # threads that did it; the route sends it in a Server-Timing header (`server_timing`), not in the body.
+    _engine_ms: float | None = PrivateAttr(None)
 
     model_config = ConfigDict(
         json_schema_extra={

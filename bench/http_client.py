@@ -28,8 +28,19 @@ async def _ping(http: httpx.AsyncClient, i: int) -> httpx.Response:
 SENDERS = {"search": _search, "ping": _ping}
 
 
-async def one_client_times(base: str, n: int, kind: str = "search", first: int = 0) -> list[float]:
-    """Milliseconds of n requests sent one after another on one connection, after a warm-up."""
+def engine_ms(response: httpx.Response) -> float | None:
+    """The `engine` duration of the response's Server-Timing header (what /v1/search spent encoding and searching),
+    or None without one."""
+    for part in response.headers.get("server-timing", "").split(","):
+        name, _, duration = part.strip().partition(";dur=")
+        if name == "engine":
+            return float(duration)
+    return None
+
+
+async def one_client_times(base: str, n: int, kind: str = "search", first: int = 0) -> list[tuple[float, float | None]]:
+    """(milliseconds, the server's engine milliseconds or None) of n requests sent one after another on one
+    connection, after a warm-up."""
     async with httpx.AsyncClient(base_url=base, timeout=60) as http:
         send = SENDERS[kind]
         (await send(http, -1)).raise_for_status()
@@ -37,7 +48,7 @@ async def one_client_times(base: str, n: int, kind: str = "search", first: int =
         for i in range(first, first + n):
             start = time.perf_counter()
             response = await send(http, i)
-            times.append((time.perf_counter() - start) * 1e3)
+            times.append(((time.perf_counter() - start) * 1e3, engine_ms(response)))
             response.raise_for_status()
     return times
 
@@ -80,7 +91,7 @@ async def load(base: str, clients: int, requests: int, kind: str = "search") -> 
     return report
 
 
-def one_client(base: str, n: int, kind: str = "search", first: int = 0) -> list[float]:
+def one_client(base: str, n: int, kind: str = "search", first: int = 0) -> list[tuple[float, float | None]]:
     return asyncio.run(one_client_times(base, n, kind, first))
 
 

@@ -101,3 +101,21 @@ def test_without_a_window_the_queries_waiting_while_a_batch_runs_form_the_next_o
     assert batches == [["first"], ["b", "c", "d"]]
     # The service's searcher makes its batchers this way (a 5 ms window cost a lone query 5 ms; bench/RESULTS.md).
     assert Searcher(engine=None, settings=load_settings()).max_wait_s == 0.0
+
+
+def test_run_timed_gives_every_item_its_batch_pass_duration() -> None:
+    def slow_double(items: list[int]) -> list[int]:
+        time.sleep(0.05)
+        return [2 * x for x in items]
+
+    batcher = MicroBatcher("double", slow_double, max_batch=8, max_wait_s=0.02)
+
+    async def two() -> list[tuple[int, float]]:
+        return await asyncio.gather(batcher.run_timed(1), batcher.run_timed(2))
+
+    try:
+        (one, first_s), (two_, second_s) = asyncio.run(two())
+    finally:
+        batcher.close()
+    assert (one, two_) == (2, 4)
+    assert first_s == second_s and 0.05 <= first_s < 5

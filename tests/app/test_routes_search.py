@@ -78,6 +78,26 @@ def test_text_image_and_id_queries(client: TestClient, corpus: str) -> None:
     assert search(client, collection=corpus, text="red", k=8, collapse_duplicates=True)["results"]
 
 
+def server_timing(response) -> dict[str, float]:  # noqa: ANN001 - httpx.Response
+    """{"engine": ms, "total": ms} from a Server-Timing header."""
+    parts = (part.strip().split(";dur=") for part in response.headers["server-timing"].split(","))
+    return {name: float(value) for name, value in parts}
+
+
+def test_server_timing_splits_engine_work_from_the_total(client: TestClient, corpus: str) -> None:
+    """A batched text query (its batch's pass + the nearest/catalog work) and an unbatched image upload (one trip
+    to the pool) both report their engine work, which lies inside the total the body states as took_ms."""
+    text = client.post("/v1/search", json={"collection": corpus, "text": "a red circle", "k": 3})
+    query = image_bytes("red", (40, 30), seed=3)
+    image = client.post("/v1/search/image", data={"collection": corpus, "k": "1"}, files={"file": ("q.png", query)})
+    for response in (text, image):
+        assert response.status_code == 200, response.text
+        timing = server_timing(response)
+        assert set(timing) == {"engine", "total"}
+        assert timing["total"] == pytest.approx(response.json()["took_ms"], abs=1e-3)
+        assert 0 < timing["engine"] <= timing["total"]
+
+
 @pytest.mark.parametrize(
     ("body", "status", "fragment"),
     [
