@@ -25,7 +25,11 @@ async def _ping(http: httpx.AsyncClient, i: int) -> httpx.Response:
     return await http.get("/ping")
 
 
-SENDERS = {"search": _search, "ping": _ping}
+async def _ping_async(http: httpx.AsyncClient, i: int) -> httpx.Response:
+    return await http.get("/ping-async")
+
+
+SENDERS = {"search": _search, "ping": _ping, "ping-async": _ping_async}
 
 
 def engine_ms(response: httpx.Response) -> float | None:

@@ -87,6 +87,9 @@ def api(r: dict) -> list[Row]:
     if "trivial_route" in r:
         rows.append(("trivial FastAPI route p50", f"{r['trivial_route']['p50_ms']} ms", "same server setup, 1 client"))
         rows.append(("/v1/search server overhead", f"{r['http_overhead_p50_ms_one_client']} ms", f"{_f(r['overhead_vs_trivial_route'])}x the trivial route; goal <= 2"))  # fmt: skip
+    if "trivial_async_route" in r:
+        vs = r["overhead_vs_trivial_async_route"]
+        rows.append(("trivial async route p50", f"{r['trivial_async_route']['p50_ms']} ms", f"overhead {_f(vs['from_in_process'])}x it; outside the engine {_f(vs['outside_engine'])}x"))  # fmt: skip
     if "http_minus_engine_time" in r:
         rows.append(("... outside the engine work (Server-Timing)", f"{r['http_minus_engine_time']['p50_ms']} ms", f"{_f(r['overhead_vs_trivial_route_outside_engine'])}x the trivial route; engine p50 {r['engine_time_in_the_server']['p50_ms']} ms in the server"))  # fmt: skip
     for mode in ("batching_on", "batching_off"):
