@@ -526,10 +526,9 @@ class Engine(model_switch.EncoderSwitching):
         query = np.asarray(query, dtype=np.float32).reshape(1, -1)
         if query.shape[1] != space.dim:
             raise InvalidInput(f"query vector has {query.shape[1]} dimensions, the collection {space.dim}")
-        with session_scope(self.sessions) as session:
+        with session_scope(self.sessions) as session:  # one connection for the filter's ids and the hits' rows
             allowed = repo.ids_matching_filter(session, live.id, filter) if filter else None
-        pairs = nearest(store, query, k=k, offset=offset, allowed=allowed, min_score=min_score, exclude=exclude)
-        with session_scope(self.sessions) as session:
+            pairs = nearest(store, query, k=k, offset=offset, allowed=allowed, min_score=min_score, exclude=exclude)
             return hydrate(session, live.id, pairs)
 
     def _image_row(self, session: Session, collection: str, image_id: int):  # noqa: ANN202 - tables.Image
