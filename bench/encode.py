@@ -13,6 +13,7 @@ the straightforward eager version of the same math measured in the same process.
     python -m bench.encode                                    # mid-size config on CPU, float32
     python -m bench.encode --config 14b --device cuda         # InternVL-14B-224px's shapes, random bf16 weights
     python -m bench.encode --config 14b --device cuda --compile   # + torch.compile'd image encoding beside eager
+    python -m bench.encode --openclip ViT-B-32                # open_clip text: cut to real tokens vs padded to 77
 """
 
 from __future__ import annotations
@@ -266,10 +267,59 @@ def text_figures(model: InternVL, args: argparse.Namespace, device: torch.device
     return out
 
 
+# Search queries as people type them, for the open_clip figures (CLIP's tokenizer: 3-14 tokens with start and end).
+OPENCLIP_QUERIES = [
+    "a red car", "two dogs playing in the snow", "sunset over the sea", "logo", "a man riding a horse on a beach",
+    "un chat noir sur un canapé", "ein rotes Auto vor einem Haus", "birthday cake with candles", "city at night",
+    "a bowl of ramen", "mountain lake with reflections", "kids playing football", "old black and white photo",
+    "a cat sleeping on a laptop keyboard", "wedding", "aerial view of a harbour with boats",
+]  # fmt: skip
+
+
+def openclip_text_figures(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict:
+    """An open_clip text tower (random weights of `args.openclip`): our encoder's texts cut after their last token
+    in groups of similar length, against open_clip's `encode_text` on the full 77-token context (the before)."""
+    from internvl_models.openclip_encoder import OpenCLIPEncoder, length_groups
+
+    encoder = OpenCLIPEncoder(args.openclip, device=device, dtype=dtype)
+    texts = [OPENCLIP_QUERIES[i % len(OPENCLIP_QUERIES)] for i in range(args.text_batch)]
+    ids = encoder.tokenizer(texts).to(device)
+    ends = encoder._text_ends(ids)
+    if ends is None:
+        return {"openclip_text": f"{args.openclip}: the text tower cannot be cut (bidirectional or last-token)"}
+    real = int((ends + 1).sum())
+    groups = length_groups(ends.tolist(), 0.8)
+    computed = sum(len(g) * (int(ends[g].max()) + 1) for g in groups)
+    progress(f"open_clip {args.openclip} text: timing ours / padded")
+    with torch.inference_mode():
+        times = paired(
+            {"ours": lambda: encoder._text_features(texts), "padded": lambda: encoder.model.encode_text(ids)},
+            device,
+            args.seconds,
+        )
+        one = {"ours": lambda: encoder._text_features(texts[:1]), "padded": lambda: encoder.model.encode_text(ids[:1])}
+        single = paired(one, device, args.seconds)
+    return {
+        "openclip_text": {
+            "arch": args.openclip,
+            "queries_per_s_ours": args.text_batch / times["ours"],
+            "queries_per_s_padded_77": args.text_batch / times["padded"],
+            "speedup": times["padded"] / times["ours"],
+            "real_token_fraction_ours": real / computed,
+            "real_token_fraction_padded": real / ids.numel(),
+            "groups": len(groups),
+            "single_query_ms_ours": 1e3 * single["ours"],
+            "single_query_ms_padded": 1e3 * single["padded"],
+        }
+    }
+
+
 def run(args: argparse.Namespace) -> dict[str, object]:
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.openclip:
+        return openclip_text_figures(args, device, dtype)
     progress(f"building {args.config} on {device}")
     model = build(args, device, dtype)
     progress("built")
@@ -308,6 +358,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-images", action="store_true", help="text figures only")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd image encoding")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--openclip", metavar="ARCH", help="instead: text figures of an open_clip arch (e.g. ViT-B-32)")
     args = parser.parse_args(argv)
     args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     results = run(args)

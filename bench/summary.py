@@ -17,6 +17,15 @@ def _f(value: float, digits: int = 3) -> str:
 
 
 def encode(r: dict) -> list[Row]:
+    if "openclip_text" in r:  # `--openclip ARCH`: that run has only these figures
+        o = r["openclip_text"]
+        if isinstance(o, str):
+            return [("open_clip text", o, "")]
+        return [
+            (f"open_clip {o['arch']} text queries/s", _f(o["queries_per_s_ours"]), f"{_f(o['speedup'])}x padded to 77 ({_f(o['queries_per_s_padded_77'])})"),
+            ("  real-token fraction", _f(o["real_token_fraction_ours"]), f"padded {_f(o['real_token_fraction_padded'])}; goal >= 0.8"),
+            ("  single query", f"{_f(o['single_query_ms_ours'])} ms", f"padded {_f(o['single_query_ms_padded'])} ms"),
+        ]  # fmt: skip
     rows: list[Row] = [
         (
             "config",

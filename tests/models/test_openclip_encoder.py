@@ -13,7 +13,7 @@ from PIL import ExifTags, Image
 from safetensors.torch import save_file
 
 from internvl_models.errors import CheckpointError, InputError, ModelError, UnknownModelError
-from internvl_models.openclip_encoder import OpenCLIPEncoder
+from internvl_models.openclip_encoder import MIN_REAL_TOKEN_FRACTION, OpenCLIPEncoder, length_groups
 from internvl_models.transforms import CLIP_MEAN, CLIP_STD, classification_transform
 
 # The smallest built-in open_clip config with plain towers: ViT-S/32 vision, 10-layer 256-wide text, 43M params;
@@ -97,6 +97,63 @@ def test_batch_size_does_not_change_text_embeddings(encoder: OpenCLIPEncoder) ->
 
 
 # --- preprocessing -------------------------------------------------------------------------------------------------
+
+
+QUERIES = [
+    "a red car",
+    "two dogs playing in the snow",
+    "un chat noir sur un canapé",
+    "sunset",
+    "一只猫",
+    "a man riding a horse on the beach at dawn",
+    "logo",
+    "ein rotes Auto vor einem Haus",
+]
+
+
+def padded_reference(encoder: OpenCLIPEncoder, texts: list[str]) -> np.ndarray:
+    """open_clip's own encode_text on the full padded context, as unit rows."""
+    with torch.inference_mode():
+        features = encoder.model.encode_text(encoder.tokenizer(texts)).float()
+    return (features / features.norm(dim=-1, keepdim=True)).numpy()
+
+
+def test_texts_cut_after_their_last_token_give_open_clips_vectors(encoder: OpenCLIPEncoder) -> None:
+    texts = TEXTS + QUERIES  # empty, emoji, CJK and a text truncated at the context length among them
+    np.testing.assert_allclose(encoder.encode_texts(texts), padded_reference(encoder, texts), atol=1e-5)
+
+
+def test_text_tokens_computed_are_mostly_real(encoder: OpenCLIPEncoder) -> None:
+    computed: list[int] = []
+    hook = encoder.model.token_embedding.register_forward_pre_hook(lambda _m, args: computed.append(args[0].numel()))
+    try:
+        real = int((encoder.tokenizer(QUERIES).argmax(dim=-1) + 1).sum())
+        encoder.encode_texts(QUERIES)
+        assert real / sum(computed) >= MIN_REAL_TOKEN_FRACTION, (real, computed)  # it was 77 tokens a text
+        computed.clear()
+        encoder.encode_texts(["sunset"])
+        assert computed == [3]  # start, one word, end
+    finally:
+        hook.remove()
+
+
+def test_length_groups_bound_the_padding() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        ends = rng.integers(0, 77, size=int(rng.integers(1, 40))).tolist()
+        groups = length_groups(ends, 0.8)
+        assert sorted(i for group in groups for i in group) == list(range(len(ends)))
+        for group in groups:
+            lengths = [ends[i] + 1 for i in group]
+            assert sum(lengths) >= 0.8 * len(group) * max(lengths) - 1e-9
+    assert length_groups([9, 9, 9, 9], 0.8) == [[0, 1, 2, 3]]
+
+
+def test_a_tower_without_a_causal_mask_runs_uncut() -> None:
+    bidirectional = OpenCLIPEncoder(ARCH, device="cpu")
+    bidirectional.model.attn_mask = None  # every token now sees the padding after it: cutting would change vectors
+    texts = QUERIES[:3]
+    np.testing.assert_array_equal(bidirectional.encode_texts(texts), padded_reference(bidirectional, texts))
 
 
 def test_preprocess_is_open_clips_resize_crop_with_clip_stats(encoder: OpenCLIPEncoder) -> None:
