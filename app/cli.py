@@ -145,6 +145,7 @@ def _create_encoder(settings, name: str | None, checkpoint: str | None):  # noqa
             dtype=settings.dtype,
             image_batch_size=settings.image_batch_size,
             text_batch_size=settings.text_batch_size,
+            compile_images=settings.compile_images,
         )
     except ModelError as exc:
         raise CliError(str(exc)) from None
@@ -225,6 +226,7 @@ def _engine(settings, *, load_collections: bool = False):  # noqa: ANN001, ANN20
         dtype=settings.dtype,
         image_batch_size=settings.image_batch_size,
         text_batch_size=settings.text_batch_size,
+        compile_images=settings.compile_images,
         allowed_roots=tuple(settings.allowed_root_paths()),
         allow_private_urls=settings.allow_private_urls,
         url_connect_timeout_s=settings.url_connect_timeout_s,

@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     )
     image_batch_size: int = Field(32, ge=1, le=4096, description="Images per encoder forward pass.")
     text_batch_size: int = Field(128, ge=1, le=16384, description="Texts per encoder forward pass.")
+    compile_images: bool = Field(
+        False, description="torch.compile the encoders' image towers: ~1.1x images/s, ~25 s at the first batch."
+    )
     search_threads: int = Field(
         8, ge=1, le=256, description="Searches that run at once (threads); more wait their turn, without a thread."
     )

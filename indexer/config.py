@@ -27,6 +27,7 @@ class EngineConfig:
     dtype: str | None = None  # None / "auto": bfloat16 on CUDA, float32 on CPU
     image_batch_size: int = 32
     text_batch_size: int = 128
+    compile_images: bool = False  # torch.compile the encoders' image towers (internvl_models.Encoder)
     # --- ingestion sources ---
     # Server-side paths are refused unless they resolve (symlinks followed) inside one of these directories.
     allowed_roots: tuple[Path, ...] = ()

@@ -150,6 +150,7 @@ class Engine(model_switch.EncoderSwitching):
                     dtype=self.config.dtype,
                     image_batch_size=self.config.image_batch_size,
                     text_batch_size=self.config.text_batch_size,
+                    compile_images=self.config.compile_images,
                 )
             return self._encoders[key]
 

@@ -163,6 +163,7 @@ class RayJobRuntime(JobRuntime):
             device=config.device,
             dtype=config.dtype,
             batch_size=self.options.encode_batch or config.image_batch_size,
+            compile_images=config.compile_images,
         )
         return _run_ray_pipeline(job_id, config, sessions, live, decode, encode, self.options, should_stop, on_batch)
 
@@ -190,6 +191,7 @@ class _EncodeSpec:
     device: str
     dtype: str | None
     batch_size: int
+    compile_images: bool = False
 
 
 class _OpenCLIPTransform:
@@ -324,8 +326,9 @@ class _EncodeActor:
             spec = self.spec
             device = "cuda" if ray.get_gpu_ids() else spec.device
             encoder = spec.factory(
-                spec.name, spec.checkpoint, device=device, dtype=spec.dtype, image_batch_size=spec.batch_size
-            )
+                spec.name, spec.checkpoint, device=device, dtype=spec.dtype, image_batch_size=spec.batch_size,
+                compile_images=spec.compile_images,
+            )  # fmt: skip
             if encoder.fingerprint != spec.fingerprint:
                 raise RuntimeError(
                     f"the encoder {spec.name} on this worker has fingerprint {encoder.fingerprint[:12]}…, the "

@@ -50,6 +50,7 @@ class Encoder(ABC):
         dtype: torch.dtype,
         image_batch_size: int = 32,
         text_batch_size: int = 128,
+        compile_images: bool = False,
     ) -> None:
         if image_batch_size < 1 or text_batch_size < 1:
             raise ValueError("batch sizes must be >= 1")
@@ -64,6 +65,10 @@ class Encoder(ABC):
         self._image_batches: AdaptiveBatch | None = None  # planned at the first image batch (needs its shape)
         self._text_batches = AdaptiveBatch(text_batch_size, "text")
         self._cpu_threads = CpuThreads(device)  # small CPU passes on one thread (threads.py)
+        # torch.compile fuses what lies between the image tower's GEMMs (norms, layer scales, residual adds): 1.05-1.1x
+        # the images/s on CPU for ~25 s of compiling at the first batch, and again at the first batch of another
+        # size (bench/RESULTS.md), hence opt-in. Text keeps eager: its shapes change with every batch.
+        self._image_forward = torch.compile(self._image_features) if compile_images else self._image_features
 
     # --- what a back end implements -------------------------------------------------------------------------
     @abstractmethod
@@ -122,7 +127,7 @@ class Encoder(ABC):
             chunk = chunk.pin_memory().to(self.device, non_blocking=True)
         chunk = chunk.to(self.device, self.dtype)
         with self._forward_lock:
-            features = self._cpu_threads.run("image", len(chunk), lambda: self._image_features(chunk))
+            features = self._cpu_threads.run("image", len(chunk), lambda: self._image_forward(chunk))
         return _unit_rows(features)
 
     def _image_batch_plan(self, pixels: torch.Tensor) -> AdaptiveBatch:

@@ -35,6 +35,7 @@ class InternVLEncoder(Encoder):
         fingerprint: str,
         image_batch_size: int = 32,
         text_batch_size: int = 128,
+        compile_images: bool = False,
     ) -> None:
         parameter = next(model.parameters())
         size = model.config.image_size
@@ -51,6 +52,7 @@ class InternVLEncoder(Encoder):
             dtype=parameter.dtype,
             image_batch_size=image_batch_size,
             text_batch_size=text_batch_size,
+            compile_images=compile_images,
         )
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
@@ -67,6 +69,7 @@ class InternVLEncoder(Encoder):
         dtype: str | torch.dtype | None = None,
         image_batch_size: int = 32,
         text_batch_size: int = 128,
+        compile_images: bool = False,
     ) -> InternVLEncoder:
         """Load a checkpoint directory or hub id (config.json, weights, tokenizer.model) for head `mode`."""
         directory = resolve_checkpoint(source)
@@ -84,6 +87,7 @@ class InternVLEncoder(Encoder):
             fingerprint=fingerprint,
             image_batch_size=image_batch_size,
             text_batch_size=text_batch_size,
+            compile_images=compile_images,
         )
 
     def preprocess_image(self, image: Image.Image, purpose: Purpose = "retrieval") -> torch.Tensor:

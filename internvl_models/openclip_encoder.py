@@ -40,6 +40,7 @@ class OpenCLIPEncoder(Encoder):
         dtype: defaults to bfloat16 on CUDA and float32 on the CPU.
         seed: seeds the random initialisation when the spec names no weights.
         cache_dir: where open_clip keeps downloaded pretrained weights (its default cache when None).
+        compile_images: torch.compile the image tower (see `Encoder`).
 
     Raises:
         UnknownModelError: the architecture is not one of `open_clip.list_models()`.
@@ -56,6 +57,7 @@ class OpenCLIPEncoder(Encoder):
         text_batch_size: int = 128,
         seed: int = DEFAULT_SEED,
         cache_dir: str | Path | None = None,
+        compile_images: bool = False,
     ) -> None:
         arch, tag, weights = _parse_spec(spec)
         device = resolve_device(device)
@@ -75,8 +77,9 @@ class OpenCLIPEncoder(Encoder):
             logit_scale=logit_scale,
         )
         super().__init__(
-            info, device=device, dtype=dtype, image_batch_size=image_batch_size, text_batch_size=text_batch_size
-        )
+            info, device=device, dtype=dtype, image_batch_size=image_batch_size, text_batch_size=text_batch_size,
+            compile_images=compile_images,
+        )  # fmt: skip
 
     def preprocess_image(self, image: Image.Image, purpose: Purpose = "retrieval") -> torch.Tensor:
         # Our to_rgb first: open_clip's own convert("RGB") turns transparency black, clips 16-bit images and

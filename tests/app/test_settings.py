@@ -32,6 +32,7 @@ def test_environment_is_read(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> N
         ("DEVICE", "tpu", "INTERNVL_SEARCH_DEVICE"),
         ("DTYPE", "int8", "INTERNVL_SEARCH_DTYPE"),
         ("IMAGE_BATCH_SIZE", "0", "INTERNVL_SEARCH_IMAGE_BATCH_SIZE"),
+        ("COMPILE_IMAGES", "maybe", "INTERNVL_SEARCH_COMPILE_IMAGES"),
         ("MAX_K", "-5", "INTERNVL_SEARCH_MAX_K"),
         ("LOG_FORMAT", "xml", "INTERNVL_SEARCH_LOG_FORMAT"),
         ("ALLOWED_ROOTS", "relative/dir", "INTERNVL_SEARCH_ALLOWED_ROOTS"),
@@ -50,6 +51,20 @@ def test_invalid_values_fail_with_one_line_naming_the_variable(
     assert "\n" not in message
     if variable == "API_KEYS":
         assert value.split(":")[1] not in message, "a key must never be echoed back"
+
+
+def test_compile_images_reaches_the_engine_config(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from app.cli import _engine
+
+    clean_env.setenv("INTERNVL_SEARCH_DATA_DIR", str(tmp_path))
+    clean_env.setenv("INTERNVL_SEARCH_COMPILE_IMAGES", "true")
+    settings = load_settings()
+    assert settings.compile_images is True
+    engine = _engine(settings)
+    try:
+        assert engine.config.compile_images is True
+    finally:
+        engine.close()
 
 
 def test_non_loopback_host_requires_api_keys(clean_env: pytest.MonkeyPatch) -> None:

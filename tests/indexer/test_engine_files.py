@@ -105,3 +105,16 @@ def test_legacy_collection_json_is_taken_over(config, tmp_path: Path) -> None:  
         with session_scope(engine.sessions) as session:
             assert repo.get_collection(session, "c").checkpoint == checkpoint
         assert len(engine.search("c", text="a red circle", k=3)) == 3
+
+
+def test_the_engine_builds_encoders_with_its_compile_setting(tmp_path: Path) -> None:
+    options: list[dict] = []
+
+    def recording_factory(name: str, checkpoint: str | None = None, **given: object):  # noqa: ANN202 - Encoder
+        options.append(given)
+        return cached_encoder_factory(name, checkpoint)
+
+    config = engine_config(tmp_path, f"sqlite:///{tmp_path / 'catalog.db'}", compile_images=True)
+    with Engine(config, recording_factory).open() as engine:
+        engine.encoder()
+    assert [o["compile_images"] for o in options] == [True]

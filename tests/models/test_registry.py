@@ -125,3 +125,15 @@ def test_encoder_reproduces_the_official_image_embeddings(shared_dir: Path) -> N
                                   image_batch_size=2)  # fmt: skip
         expected = outputs[key] / np.linalg.norm(outputs[key], axis=1, keepdims=True)
         np.testing.assert_allclose(encoder.encode_pixels(torch.from_numpy(inputs["pixel_values"])), expected, atol=1e-5)
+
+
+def test_compiled_image_towers_give_the_eager_vectors(tiny_checkpoint: Path, images: list[Image.Image]) -> None:
+    """`compile_images` (opt-in) runs the image tower through torch.compile: same vectors, and a graph compiled."""
+    from torch._dynamo.utils import counters
+
+    eager = build("internvl-c", tiny_checkpoint, image_batch_size=8)
+    compiled = build("internvl-c", tiny_checkpoint, image_batch_size=8, compile_images=True)
+    graphs = counters["stats"]["unique_graphs"]
+    np.testing.assert_allclose(compiled.encode_images(images), eager.encode_images(images), atol=1e-5)
+    assert counters["stats"]["unique_graphs"] > graphs
+    np.testing.assert_array_equal(compiled.encode_texts(TEXTS), eager.encode_texts(TEXTS))  # text stays eager
