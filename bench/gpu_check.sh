@@ -18,6 +18,8 @@
 #   gpu_tests    the CUDA tests (batch size planned from free memory; flat search on the GPU through torch)
 #   gpu_search   exact search over 1M x 768 vectors in fp32/fp16 with torch: latency vs the HBM bound (goal <= 2x)
 #   chat_1b      InternVL2.5-1B's shapes, random bf16 weights: vision tiles/s, prefill and decode tokens/s
+#   openclip_text  open_clip ViT-B-32 text (random weights): texts cut to their real tokens vs padded to 77
+#                (needs open_clip on the machine)
 #   encode_14b_b128  images only at batch 128 (does MFU still rise past 64?)
 set -u
 cd "$(dirname "$0")/.."
@@ -70,6 +72,7 @@ step encode_14b_compile 240 "$PY" -m bench.encode --config 14b --device cuda --i
 step gpu_tests 90 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/models/test_memory.py tests/indexer/test_flat_torch_search.py
 step gpu_search 90 "$PY" -m bench.gpu_search --sizes 1000000 --dim 768
 step chat_1b 90 "$PY" -m bench.chat --config 1b --device cuda --seconds 2
+step openclip_text 60 "$PY" -m bench.encode --openclip ViT-B-32 --device cuda --text-batch 128 --seconds 2 --json
 step encode_14b_b128 120 "$PY" -m bench.encode --config 14b --device cuda --image-batch 128 --text-batch 8 --seconds 2 \
     --json
 echo "total seconds=$(($(date +%s) - START))" | tee -a "$OUT_DIR/summary.txt"

@@ -284,7 +284,7 @@ class Engine(model_switch.EncoderSwitching):
         """The collection for a read, refreshed when another process changed it since we loaded it (one catalog
         query once it is loaded; a search makes this call once)."""
         with session_scope(self.sessions) as session:
-            row = repo.get_collection(session, name)
+            row = repo.collection_state(session, name)
             collection_id, version, space = row.id, row.index_version, Space.of(row)
         with self._lives_lock:
             known = self._lives.get(collection_id)

@@ -119,7 +119,7 @@ def one_omp_thread() -> Iterator[None]:
 
 def hydrate(session: Session, collection_id: int, pairs: list[tuple[int, float]]) -> list[Hit]:
     """Catalog rows for the ranked ids; ids no longer indexed (deleted in the meantime) are dropped."""
-    images = {im.id: im for im in repo.get_images(session, [i for i, _ in pairs])}
+    images = repo.image_hit_rows(session, [i for i, _ in pairs])
     hits = []
     for image_id, score in pairs:
         image = images.get(image_id)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Select, bindparam, delete, func, insert, select, update
+from sqlalchemy import Row, Select, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -104,6 +104,28 @@ def get_collection(session: Session, name: str) -> Collection:
         names = session.scalars(select(Collection.name).order_by(Collection.name).limit(50)).all()
         raise NotFound(f"Collection {name!r} not found. Available: {list(names)}")
     return collection
+
+
+# The search path's two reads, built once: a statement built per call costs as much again as running it on SQLite
+# (bench/catalog.py), and these run on every query.
+_COLLECTION_STATE = select(
+    Collection.id, Collection.index_version, Collection.encoder, Collection.checkpoint, Collection.dim,
+    Collection.fingerprint, Collection.generation,
+).where(Collection.name == bindparam("name"))  # fmt: skip
+_IMAGE_HITS = select(
+    Image.id, Image.collection_id, Image.status, Image.source, Image.meta, Image.width, Image.height, Image.format,
+    Image.sha256,
+).where(Image.id.in_(bindparam("ids", expanding=True)))  # fmt: skip
+
+
+def collection_state(session: Session, name: str) -> Row:
+    """What a read needs to know whether its loaded copy of collection `name` is current: id, index_version and
+    the embedding space's columns (encoder, checkpoint, dim, fingerprint, generation), as a plain row. `NotFound`
+    as `get_collection`."""
+    row = session.execute(_COLLECTION_STATE, {"name": name}).one_or_none()
+    if row is None:
+        get_collection(session, name)  # raises NotFound with the existing names
+    return row
 
 
 def get_collection_by_id(session: Session, collection_id: int) -> Collection:
@@ -287,6 +309,14 @@ def get_images(session: Session, ids: Sequence[int]) -> list[Image]:
     for chunk in _chunks(wanted):
         by_id.update({image.id: image for image in session.scalars(select(Image).where(Image.id.in_(chunk)))})
     return [by_id[i] for i in wanted if i in by_id]
+
+
+def image_hit_rows(session: Session, ids: Sequence[int]) -> dict[int, Row]:
+    """The columns a search hit shows (and its status and collection, to check it), as plain rows by id."""
+    rows: dict[int, Row] = {}
+    for chunk in _chunks([int(i) for i in ids]):
+        rows.update({row.id: row for row in session.execute(_IMAGE_HITS, {"ids": list(chunk)})})
+    return rows
 
 
 def set_image_status(session: Session, ids: Sequence[int], status: str) -> int:

@@ -46,6 +46,31 @@ def test_collection_crud(sessions: sessionmaker[Session]) -> None:
         repo.get_collection(s, "photos")
 
 
+def test_the_search_paths_reads_agree_with_the_mapped_objects(sessions: sessionmaker[Session]) -> None:
+    """`collection_state` and `image_hit_rows` (prebuilt column statements, read on every search) give what
+    `get_collection` and `get_images` give, skip unknown ids, and read in chunks past the IN-list size."""
+    with session_scope(sessions) as s:
+        cid = make_collection(s, "photos")
+        repo.bump_index_version(s, cid)
+        refs = repo.add_images(s, cid, [NewImage(sha(i), f"p{i}", 4, 3, "PNG", 10, {"i": i}) for i in range(1200)])
+        ids = [ref.id for ref in refs]
+    with session_scope(sessions) as s:
+        state, mapped = repo.collection_state(s, "photos"), repo.get_collection(s, "photos")
+        columns = ("id", "index_version", "encoder", "checkpoint", "dim", "fingerprint", "generation")
+        assert [getattr(state, c) for c in columns] == [getattr(mapped, c) for c in columns]
+        assert state.index_version == 1
+        wanted = [*ids[::-1], 10**9]  # 1,200 ids (three chunks) and one that does not exist
+        rows = repo.image_hit_rows(s, wanted)
+        assert sorted(rows) == sorted(ids)
+        for image in repo.get_images(s, ids[:50]):
+            row = rows[image.id]
+            assert (row.collection_id, row.status, row.source, row.meta, row.width, row.sha256) == (
+                image.collection_id, image.status, image.source, image.meta, image.width, image.sha256,
+            )  # fmt: skip
+    with session_scope(sessions) as s, pytest.raises(NotFound, match=r"'drawings' not found. Available: \['photos'\]"):
+        repo.collection_state(s, "drawings")
+
+
 def test_collection_validation(sessions: sessionmaker[Session]) -> None:
     with session_scope(sessions) as s:
         make_collection(s, "photos")
