@@ -1,7 +1,7 @@
 """The catalog reads of one search: the collection's state (is the loaded index current?) and its 10 hits' rows,
 each in its own session as the engine runs them, read as mapped objects with the statement built per call
 (`repo.get_collection`, `repo.get_images`: the before) and as plain column rows from statements built once
-(`repo.collection_state`, `repo.image_hit_rows`: what the search path uses). Timed in interleaved turns in one
+(`reads.collection_state`, `reads.image_hit_rows`: what the search path uses). Timed in interleaved turns in one
 process, on SQLite and, with `--database-url`, on PostgreSQL.
 
     python -m bench.catalog
@@ -18,11 +18,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from indexer.catalog import migrate, repo
+from indexer.catalog import migrate, reads, repo
 from indexer.catalog.db import make_engine, make_sessionmaker, session_scope
 
 
-def reads(url: str, turns: int, calls: int) -> dict[str, object]:
+def measure(url: str, turns: int, calls: int) -> dict[str, object]:
     migrate.upgrade(url)
     db = make_engine(url)
     sessions = make_sessionmaker(db)
@@ -45,9 +45,9 @@ def reads(url: str, turns: int, calls: int) -> dict[str, object]:
 
         variants = {
             "collection_mapped": in_session(lambda s: repo.get_collection(s, "bench-catalog")),
-            "collection_columns": in_session(lambda s: repo.collection_state(s, "bench-catalog")),
+            "collection_columns": in_session(lambda s: reads.collection_state(s, "bench-catalog")),
             "hits_mapped": in_session(lambda s: repo.get_images(s, ids)),
-            "hits_columns": in_session(lambda s: repo.image_hit_rows(s, ids)),
+            "hits_columns": in_session(lambda s: reads.image_hit_rows(s, ids)),
         }
         times: dict[str, list[float]] = {name: [] for name in variants}
         for fn in variants.values():
@@ -80,9 +80,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calls", type=int, default=50, help="calls of each read per turn")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        results = [reads(f"sqlite:///{Path(tmp) / 'catalog.db'}", args.turns, args.calls)]
+        results = [measure(f"sqlite:///{Path(tmp) / 'catalog.db'}", args.turns, args.calls)]
     if args.database_url:
-        results.append(reads(args.database_url, args.turns, args.calls))
+        results.append(measure(args.database_url, args.turns, args.calls))
     print(json.dumps(results, indent=2))
 
 

@@ -25,7 +25,7 @@ from PIL import Image
 from sqlalchemy.orm import Session
 
 from indexer import model_switch
-from indexer.catalog import repo, spaces
+from indexer.catalog import reads, repo, spaces
 from indexer.catalog.db import check_schema_current, make_engine, make_sessionmaker, session_scope
 from indexer.config import EngineConfig
 from indexer.errors import Conflict, InvalidInput, NotFound, SpaceChanged
@@ -284,7 +284,7 @@ class Engine(model_switch.EncoderSwitching):
         """The collection for a read, refreshed when another process changed it since we loaded it (one catalog
         query once it is loaded; a search makes this call once)."""
         with session_scope(self.sessions) as session:
-            row = repo.collection_state(session, name)
+            row = reads.collection_state(session, name)
             collection_id, version, space = row.id, row.index_version, Space.of(row)
         with self._lives_lock:
             known = self._lives.get(collection_id)

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 from sqlalchemy.orm import Session
 
-from indexer.catalog import repo
+from indexer.catalog import reads
 from indexer.errors import InvalidInput
 from indexer.pipeline.decode import DECODE_TIMEOUT_S, DecodeError, decode_image
 from indexer.vector_store import VectorStore
@@ -119,7 +119,7 @@ def one_omp_thread() -> Iterator[None]:
 
 def hydrate(session: Session, collection_id: int, pairs: list[tuple[int, float]]) -> list[Hit]:
     """Catalog rows for the ranked ids; ids no longer indexed (deleted in the meantime) are dropped."""
-    images = repo.image_hit_rows(session, [i for i, _ in pairs])
+    images = reads.image_hit_rows(session, [i for i, _ in pairs])
     hits = []
     for image_id, score in pairs:
         image = images.get(image_id)

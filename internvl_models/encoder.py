@@ -68,7 +68,7 @@ class Encoder(ABC):
         # torch.compile fuses what lies between the image tower's GEMMs (norms, layer scales, residual adds): 1.05-1.1x
         # the images/s on CPU for ~25 s of compiling at the first batch, and again at the first batch of another
         # size (bench/RESULTS.md), hence opt-in. Text keeps eager: its shapes change with every batch.
-        self._image_forward = torch.compile(self._image_features) if compile_images else self._image_features
+        self._compiled_image_features = torch.compile(self._image_features) if compile_images else None
 
     # --- what a back end implements -------------------------------------------------------------------------
     @abstractmethod
@@ -127,7 +127,8 @@ class Encoder(ABC):
             chunk = chunk.pin_memory().to(self.device, non_blocking=True)
         chunk = chunk.to(self.device, self.dtype)
         with self._forward_lock:
-            features = self._cpu_threads.run("image", len(chunk), lambda: self._image_forward(chunk))
+            forward = self._compiled_image_features or self._image_features
+            features = self._cpu_threads.run("image", len(chunk), lambda: forward(chunk))
         return _unit_rows(features)
 
     def _image_batch_plan(self, pixels: torch.Tensor) -> AdaptiveBatch:

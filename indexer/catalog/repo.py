@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Row, Select, bindparam, delete, func, insert, select, update
+from sqlalchemy import Select, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -47,7 +47,8 @@ _JOB_TRANSITIONS: dict[str, frozenset[str]] = {
 _TERMINAL_JOB_STATES = frozenset({"done", "failed", "cancelled"})
 
 
-def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
+def in_chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
+    """`items` in slices short enough for one IN list (SQLite limits bound parameters per statement)."""
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
@@ -104,28 +105,6 @@ def get_collection(session: Session, name: str) -> Collection:
         names = session.scalars(select(Collection.name).order_by(Collection.name).limit(50)).all()
         raise NotFound(f"Collection {name!r} not found. Available: {list(names)}")
     return collection
-
-
-# The search path's two reads, built once: a statement built per call costs as much again as running it on SQLite
-# (bench/catalog.py), and these run on every query.
-_COLLECTION_STATE = select(
-    Collection.id, Collection.index_version, Collection.encoder, Collection.checkpoint, Collection.dim,
-    Collection.fingerprint, Collection.generation,
-).where(Collection.name == bindparam("name"))  # fmt: skip
-_IMAGE_HITS = select(
-    Image.id, Image.collection_id, Image.status, Image.source, Image.meta, Image.width, Image.height, Image.format,
-    Image.sha256,
-).where(Image.id.in_(bindparam("ids", expanding=True)))  # fmt: skip
-
-
-def collection_state(session: Session, name: str) -> Row:
-    """What a read needs to know whether its loaded copy of collection `name` is current: id, index_version and
-    the embedding space's columns (encoder, checkpoint, dim, fingerprint, generation), as a plain row. `NotFound`
-    as `get_collection`."""
-    row = session.execute(_COLLECTION_STATE, {"name": name}).one_or_none()
-    if row is None:
-        get_collection(session, name)  # raises NotFound with the existing names
-    return row
 
 
 def get_collection_by_id(session: Session, collection_id: int) -> Collection:
@@ -249,7 +228,7 @@ def _check_new_image(image: NewImage) -> None:
 
 def _existing_by_sha(session: Session, collection_id: int, shas: Sequence[str]) -> dict[str, ImageRef]:
     found: dict[str, ImageRef] = {}
-    for chunk in _chunks(shas):
+    for chunk in in_chunks(shas):
         rows = session.execute(
             select(Image.id, Image.sha256, Image.status).where(
                 Image.collection_id == collection_id, Image.sha256.in_(chunk)
@@ -273,7 +252,7 @@ def _insert_new(session: Session, collection_id: int, images: Sequence[NewImage]
         stmt = insert(table)
     now = utcnow()
     created: dict[str, ImageRef] = {}
-    for chunk in _chunks(images):
+    for chunk in in_chunks(images):
         rows = [
             {
                 "collection_id": collection_id,
@@ -306,17 +285,9 @@ def get_images(session: Session, ids: Sequence[int]) -> list[Image]:
     """Images for `ids` in the same order (search results keep their ranking); unknown ids are left out."""
     wanted = [int(i) for i in ids]
     by_id: dict[int, Image] = {}
-    for chunk in _chunks(wanted):
+    for chunk in in_chunks(wanted):
         by_id.update({image.id: image for image in session.scalars(select(Image).where(Image.id.in_(chunk)))})
     return [by_id[i] for i in wanted if i in by_id]
-
-
-def image_hit_rows(session: Session, ids: Sequence[int]) -> dict[int, Row]:
-    """The columns a search hit shows (and its status and collection, to check it), as plain rows by id."""
-    rows: dict[int, Row] = {}
-    for chunk in _chunks([int(i) for i in ids]):
-        rows.update({row.id: row for row in session.execute(_IMAGE_HITS, {"ids": list(chunk)})})
-    return rows
 
 
 def set_image_status(session: Session, ids: Sequence[int], status: str) -> int:
@@ -325,7 +296,7 @@ def set_image_status(session: Session, ids: Sequence[int], status: str) -> int:
         raise InvalidInput(f"Unknown image status {status!r}. Available: {list(IMAGE_STATUSES)}")
     changed = 0
     now = utcnow()
-    for chunk in _chunks([int(i) for i in ids]):
+    for chunk in in_chunks([int(i) for i in ids]):
         result = session.execute(
             update(Image)
             .where(Image.id.in_(chunk))
@@ -355,7 +326,7 @@ def indexed_image_with_sha(session: Session, collection_id: int, sha256: str) ->
 def shas_in_use(session: Session, collection_id: int, shas: Iterable[str]) -> set[str]:
     """Which of `shas` belong to an image of the collection that is not deleted (whose original must stay)."""
     found: set[str] = set()
-    for chunk in _chunks(sorted(set(shas))):
+    for chunk in in_chunks(sorted(set(shas))):
         found.update(
             session.scalars(
                 select(Image.sha256).where(
@@ -381,7 +352,7 @@ def _id_array(session: Session, stmt: Select[tuple[int]]) -> np.ndarray:
 def purge_images(session: Session, ids: Sequence[int]) -> int:
     """Delete image rows for good (after their vectors left the index); ledger rows keep a NULL image_id."""
     removed = 0
-    for chunk in _chunks([int(i) for i in ids]):
+    for chunk in in_chunks([int(i) for i in ids]):
         result = session.execute(
             delete(Image).where(Image.id.in_(chunk)).execution_options(synchronize_session="fetch")
         )
@@ -460,7 +431,7 @@ def append_job_items(session: Session, job_id: int, sources: Sequence[str]) -> i
         }
         for i, src in enumerate(sources)
     ]
-    for chunk in _chunks(rows):
+    for chunk in in_chunks(rows):
         session.execute(insert(JobItem), list(chunk))
     job.total += len(rows)
     return int(start)
@@ -557,7 +528,7 @@ def record_item_outcomes(session: Session, job_id: int, outcomes: Sequence[ItemO
         if outcome.state not in JOB_ITEM_STATES or outcome.state == "pending":
             raise InvalidInput(f"Item outcome must be 'done', 'failed' or 'skipped', got {outcome.state!r}")
     pending: set[int] = set()
-    for chunk in _chunks([o.position for o in outcomes]):
+    for chunk in in_chunks([o.position for o in outcomes]):
         pending.update(
             session.scalars(
                 select(JobItem.position).where(

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from indexer.catalog import repo
+from indexer.catalog import reads, repo
 from indexer.catalog.db import session_scope
 from indexer.catalog.repo import ItemOutcome, NewImage
 from indexer.catalog.tables import Image, Job, JobItem
@@ -55,12 +55,12 @@ def test_the_search_paths_reads_agree_with_the_mapped_objects(sessions: sessionm
         refs = repo.add_images(s, cid, [NewImage(sha(i), f"p{i}", 4, 3, "PNG", 10, {"i": i}) for i in range(1200)])
         ids = [ref.id for ref in refs]
     with session_scope(sessions) as s:
-        state, mapped = repo.collection_state(s, "photos"), repo.get_collection(s, "photos")
+        state, mapped = reads.collection_state(s, "photos"), repo.get_collection(s, "photos")
         columns = ("id", "index_version", "encoder", "checkpoint", "dim", "fingerprint", "generation")
         assert [getattr(state, c) for c in columns] == [getattr(mapped, c) for c in columns]
         assert state.index_version == 1
         wanted = [*ids[::-1], 10**9]  # 1,200 ids (three chunks) and one that does not exist
-        rows = repo.image_hit_rows(s, wanted)
+        rows = reads.image_hit_rows(s, wanted)
         assert sorted(rows) == sorted(ids)
         for image in repo.get_images(s, ids[:50]):
             row = rows[image.id]
@@ -68,7 +68,7 @@ def test_the_search_paths_reads_agree_with_the_mapped_objects(sessions: sessionm
                 image.collection_id, image.status, image.source, image.meta, image.width, image.sha256,
             )  # fmt: skip
     with session_scope(sessions) as s, pytest.raises(NotFound, match=r"'drawings' not found. Available: \['photos'\]"):
-        repo.collection_state(s, "drawings")
+        reads.collection_state(s, "drawings")
 
 
 def test_collection_validation(sessions: sessionmaker[Session]) -> None:
