@@ -2,7 +2,8 @@
 clients, with cross-request micro-batching on and off, against the same searches called on the engine in-process,
 and a trivial FastAPI route (GET returning a constant JSON object) served the same way: the server overhead of
 /v1/search (its HTTP p50 at one client minus the in-process p50) is stated as a multiple of that route's p50. The
-one-client figures behind that ratio are measured in interleaved turns (`overhead`).
+one-client figures behind that ratio are measured in interleaved turns (`overhead`). Image queries (base64 PNGs,
+decoded by the server) are also sent at 1, 8 and 32 clients, batching on and off.
 
     python -m bench.api                                   # tiny random InternVL checkpoint, 200 images
     python -m bench.api --checkpoint path/to/internvl-c --images 2000 --requests 400 --device cuda
@@ -52,6 +53,7 @@ from .http_client import percentiles
 from .search import clustered
 
 CONCURRENCY = (1, 8, 32, 128)
+IMAGE_CONCURRENCY = (1, 8, 32)
 
 
 def make_engine(root: Path, args: argparse.Namespace) -> Engine:
@@ -242,12 +244,19 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                 ):
                     one_caller = overhead(engine, client, search_base, trivial_base, args.requests)
                 http: dict[str, dict[str, dict[str, float]]] = {}
+                images: dict[str, dict[str, dict[str, float]]] = {}  # image queries (base64 PNGs), fewer clients
                 for batching in (True, False):
                     with Server(create_app(settings, engine=engine, batching=batching)) as base:
                         label = "batching_on" if batching else "batching_off"
                         http[label] = {
                             f"clients_{c}": client.submit(http_client.clients, base, c, args.requests).result()
                             for c in CONCURRENCY
+                        }
+                        images[label] = {
+                            f"clients_{c}": client.submit(
+                                http_client.clients, base, c, args.requests, "image-search"
+                            ).result()
+                            for c in IMAGE_CONCURRENCY
                         }
         finally:
             engine.close()
@@ -262,6 +271,13 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "requests_per_configuration": args.requests,
         **one_caller,
         "http": http,
+        "http_image_queries": images,
+        "image_batching_gain_rps": {
+            k: round(
+                images["batching_on"][k]["requests_per_s"] / max(images["batching_off"][k]["requests_per_s"], 1e-9), 2
+            )
+            for k in images["batching_on"]
+        },
         "median_batching_gain_rps": round(
             statistics.median(
                 http["batching_on"][k]["requests_per_s"] / max(http["batching_off"][k]["requests_per_s"], 1e-9)

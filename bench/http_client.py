@@ -25,11 +25,34 @@ async def _ping(http: httpx.AsyncClient, i: int) -> httpx.Response:
     return await http.get("/ping")
 
 
+_IMAGES: dict[int, str] = {}
+
+
+def query_image(i: int) -> str:
+    """One of 16 small random PNGs, base64 (a query image as a client would send it)."""
+    if i % 16 not in _IMAGES:
+        import base64
+        import io
+        import random
+
+        from PIL import Image
+
+        rng = random.Random(i % 16)
+        out = io.BytesIO()
+        Image.frombytes("RGB", (64, 48), bytes(rng.randrange(256) for _ in range(64 * 48 * 3))).save(out, "PNG")
+        _IMAGES[i % 16] = base64.b64encode(out.getvalue()).decode()
+    return _IMAGES[i % 16]
+
+
+async def _image_search(http: httpx.AsyncClient, i: int) -> httpx.Response:
+    return await http.post("/v1/search", json={"collection": "bench", "image_base64": query_image(i), "k": 10})
+
+
 async def _ping_async(http: httpx.AsyncClient, i: int) -> httpx.Response:
     return await http.get("/ping-async")
 
 
-SENDERS = {"search": _search, "ping": _ping, "ping-async": _ping_async}
+SENDERS = {"search": _search, "image-search": _image_search, "ping": _ping, "ping-async": _ping_async}
 
 
 def engine_ms(response: httpx.Response) -> float | None:

@@ -112,6 +112,9 @@ def api(r: dict) -> list[Row]:
                 )
             )
     rows.append(("batching gain (median req/s)", f"{r['median_batching_gain_rps']}x", "on vs off, same clients"))
+    for clients, gain in r.get("image_batching_gain_rps", {}).items():
+        on, off = r["http_image_queries"]["batching_on"][clients], r["http_image_queries"]["batching_off"][clients]
+        rows.append((f"image queries {clients}", f"{on['requests_per_s']} vs {off['requests_per_s']} req/s", f"batching on vs off: {gain}x; p99 {on['p99_ms']} vs {off['p99_ms']} ms"))  # fmt: skip
     return rows
 
 

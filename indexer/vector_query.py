@@ -11,6 +11,7 @@ import binascii
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 from PIL import Image
 
 from indexer.errors import InvalidInput
@@ -93,3 +94,14 @@ def decode_query_image(engine: Engine, data: bytes) -> Image.Image:
 def image_vector(engine: Engine, encoder: Encoder, data: bytes) -> np.ndarray:
     """(1, dim) retrieval vector of a query image given as bytes."""
     return image_query_vector(encoder, decode_query_image(engine, data), max_pixels=engine.config.max_image_pixels)
+
+
+def query_pixels(engine: Engine, encoder: Encoder, data: bytes) -> torch.Tensor:
+    """(3, S, S) retrieval pixels of a query image given as bytes, decoded under the ingestion limits: what
+    `image_vector` encodes, for a caller that batches the encoding with other queries' (`encode_query_pixels`)."""
+    return encoder.preprocess_image(decode_query_image(engine, data))
+
+
+def encode_query_pixels(encoder: Encoder, pixels: list[torch.Tensor]) -> np.ndarray:
+    """(n, dim) vectors of n query images' pixels, encoded in one pass."""
+    return encoder.encode_pixels(torch.stack(pixels))

@@ -1,8 +1,8 @@
 """POST /v1/search (JSON: text in any language, base64 image, image URL or indexed id) and POST /v1/search/image
-(multipart upload). Text queries share encoder passes with concurrent requests (see `deps.Searcher`).
+(multipart upload). Queries share encoder passes with concurrent requests (see `deps.Searcher`).
 
 Both answer with a `Server-Timing` header: `engine` is the milliseconds of encoding, nearest-neighbour search and
-catalog reads behind the answer (timed where they ran; a batched text query counts its whole batch's pass), `total`
+catalog reads behind the answer (timed where they ran; a micro-batched query counts its whole batch's pass), `total`
 is `took_ms` (only `total` for `rerank: "chat"`). What a client measures beyond `total` is the HTTP layer's."""
 
 from fastapi import APIRouter, File, Form, Response, UploadFile

@@ -120,3 +120,37 @@ def test_a_batched_query_learns_the_encoder_once_and_encodes_again_after_a_switc
     switched = run_searches(searcher, ["a red square"])
     assert [h.id for h in switched[0].results] == expected
     assert searcher._encoders["pics"].fingerprint == engine.collection_encoder("pics").fingerprint
+
+
+def test_concurrent_image_queries_share_a_pass_and_get_their_own_answers(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Image searches, batched: each image is fetched and decoded on its own, the pixels of those waiting are
+    encoded in one pass, and every answer is what the same search gets alone."""
+    import base64
+
+    images = [base64.b64encode(image_bytes(colour, (40, 30), seed=i)).decode() for i, colour in
+              enumerate(["red", "blue", "green", "red", "white", "black", "red", "blue"])]  # fmt: skip
+    alone = [[h.id for h in engine.search("pics", image=base64.b64decode(b), k=3)] for b in images]
+    encoder = engine.collection_encoder("pics")
+    passes: list[int] = []
+    real = encoder.encode_pixels
+
+    def counted(pixels):  # noqa: ANN001, ANN202 - a (B, 3, S, S) tensor
+        passes.append(len(pixels))
+        time.sleep(0.05)  # a pass takes time, so the other queries wait and join the next one
+        return real(pixels)
+
+    monkeypatch.setattr(encoder, "encode_pixels", counted)
+    searcher = Searcher(engine, load_settings(), batching=True)
+
+    async def all_at_once() -> list:
+        requests = [SearchRequest(collection="pics", image_base64=b, k=3) for b in images]
+        return await asyncio.gather(*(searcher.search(r) for r in requests))
+
+    try:
+        answers = asyncio.run(all_at_once())
+    finally:
+        searcher.close()
+    assert [[h.id for h in a.results] for a in answers] == alone
+    assert sum(passes) == len(images) and len(passes) < len(images), passes
