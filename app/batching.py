@@ -56,6 +56,9 @@ class MicroBatcher(Generic[T, R]):
         self._queue: queue.Queue[_Request[T, R] | None] = queue.Queue()
         self._closed = False
         self._state_lock = threading.Lock()  # makes "check closed, then enqueue" atomic against close()
+        # Held while a pass runs: by the worker, or by a caller that found the batcher idle and runs its own item
+        # (`claim_idle`); what arrives meanwhile waits and forms the next batch.
+        self._pass = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=f"batcher-{name}", daemon=True)
         self._thread.start()
 
@@ -63,6 +66,14 @@ class MicroBatcher(Generic[T, R]):
     def depth(self) -> int:
         """Items waiting for a batch (an approximate count, for metrics)."""
         return self._queue.qsize()
+
+    def claim_idle(self) -> bool:
+        """Take the batcher, when nothing is queued and no pass runs, for one item the caller encodes itself: a
+        lone item then pays no hand-off to the worker thread and back. True: call `release` after the pass."""
+        return not self._queue.qsize() and self._pass.acquire(blocking=False)
+
+    def release(self) -> None:
+        self._pass.release()
 
     def submit(self, item: T) -> Future[R]:
         future: Future[R] = Future()
@@ -110,8 +121,9 @@ class MicroBatcher(Generic[T, R]):
             first = self._queue.get()
             if first is None:
                 return
-            batch, stop = self._collect(first)
-            self._execute(batch)
+            with self._pass:
+                batch, stop = self._collect(first)
+                self._execute(batch)
             if stop:
                 return
 

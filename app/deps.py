@@ -162,27 +162,50 @@ class Searcher:
 
     async def _batched_search(self, req: schemas.SearchRequest, upload: bytes | None, spent: list[float]) -> list:
         """A query encoded in a batch with other requests' (MicroBatcher), awaited without holding a thread, then
-        searched in the pool: one trip to it for a text once the collection's encoder is known; an image is first
-        fetched, decoded and preprocessed there (a second trip), and the batch is of pixels. Encoded again when the
-        collection switched encoders meanwhile (SpaceChanged), with the encoder looked up anew."""
+        searched in the pool: one trip to it for a text once the collection's encoder is known; for an image see
+        `_batched_image_search`. Encoded again when the collection switched encoders meanwhile (SpaceChanged), with
+        the encoder looked up anew."""
         retries, encoder = SWITCH_RETRIES, self._encoders.get(req.collection)
         while True:
             if encoder is None:
                 encoder = await self._in_pool(self.engine.collection_encoder, req.collection, spent=spent)
                 self._encoders[req.collection] = encoder
-            if req.text is not None:
-                query, pass_s = await self.batcher(encoder).run_timed(req.text)
-            else:
-                pixels = await self._in_pool(self._query_pixels, encoder, req, upload, spent=spent)
-                query, pass_s = await self.batcher(encoder, "image").run_timed(pixels)
-            spent.append(pass_s)
             try:
+                if req.text is None:
+                    return await self._batched_image_search(req, upload, encoder, spent)
+                query, pass_s = await self.batcher(encoder).run_timed(req.text)
+                spent.append(pass_s)
                 return await self._in_pool(self._nearest, req, query.reshape(1, -1), encoder, spent=spent)
             except SpaceChanged:
                 retries -= 1
                 if not retries:
                     raise
                 encoder = None
+
+    async def _batched_image_search(
+        self, req: schemas.SearchRequest, upload: bytes | None, encoder: Encoder, spent: list[float]
+    ) -> list:
+        """The image is fetched and decoded on a pool thread; when no other image is being encoded meanwhile, that
+        thread encodes it and searches too (one trip, as unbatched), otherwise its pixels join the next batch."""
+        batcher = self.batcher(encoder, "image")
+        pixels, hits = await self._in_pool(self._image_search_if_idle, batcher, encoder, req, upload, spent=spent)
+        if hits is not None:
+            return hits
+        query, pass_s = await batcher.run_timed(pixels)
+        spent.append(pass_s)
+        return await self._in_pool(self._nearest, req, query.reshape(1, -1), encoder, spent=spent)
+
+    def _image_search_if_idle(
+        self, batcher: MicroBatcher, encoder: Encoder, req: schemas.SearchRequest, upload: bytes | None
+    ) -> tuple[object, list | None]:
+        pixels = self._query_pixels(encoder, req, upload)  # before the claim: a slow download holds up no one
+        if not batcher.claim_idle():
+            return pixels, None
+        try:
+            query = encode_query_pixels(encoder, [pixels])
+        finally:
+            batcher.release()
+        return None, self._nearest(req, query, encoder)
 
     async def _in_pool(self, fn: Callable[..., T], *args: object, spent: list[float]) -> T:
         """`fn(*args)` on a pool thread, at most `settings.search_threads` at once; the seconds it ran are appended

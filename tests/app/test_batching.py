@@ -119,3 +119,26 @@ def test_run_timed_gives_every_item_its_batch_pass_duration() -> None:
         batcher.close()
     assert (one, two_) == (2, 4)
     assert first_s == second_s and 0.05 <= first_s < 5
+
+
+def test_an_idle_batcher_can_be_claimed_and_holds_what_arrives_meanwhile() -> None:
+    batches: list[list[int]] = []
+
+    def record(items: list[int]) -> list[int]:
+        batches.append(items)
+        return items
+
+    batcher = MicroBatcher("claim", record, max_batch=8, max_wait_s=0)
+    try:
+        assert batcher.claim_idle()  # idle: the caller runs its own item
+        assert not batcher.claim_idle()  # one claim at a time
+        futures = [batcher.submit(i) for i in range(3)]  # they wait for the claim to end
+        time.sleep(0.1)
+        assert batches == [] and not any(f.done() for f in futures)
+        batcher.release()
+        assert [f.result(timeout=5) for f in futures] == [0, 1, 2]
+        assert batches == [[0, 1, 2]]  # one pass for all that arrived during the claim
+        assert batcher.claim_idle()
+        batcher.release()
+    finally:
+        batcher.close()

@@ -133,24 +133,28 @@ def test_concurrent_image_queries_share_a_pass_and_get_their_own_answers(
               enumerate(["red", "blue", "green", "red", "white", "black", "red", "blue"])]  # fmt: skip
     alone = [[h.id for h in engine.search("pics", image=base64.b64decode(b), k=3)] for b in images]
     encoder = engine.collection_encoder("pics")
-    passes: list[int] = []
+    passes: list[tuple[int, str]] = []
     real = encoder.encode_pixels
 
     def counted(pixels):  # noqa: ANN001, ANN202 - a (B, 3, S, S) tensor
-        passes.append(len(pixels))
+        passes.append((len(pixels), threading.current_thread().name))
         time.sleep(0.05)  # a pass takes time, so the other queries wait and join the next one
         return real(pixels)
 
     monkeypatch.setattr(encoder, "encode_pixels", counted)
     searcher = Searcher(engine, load_settings(), batching=True)
 
-    async def all_at_once() -> list:
-        requests = [SearchRequest(collection="pics", image_base64=b, k=3) for b in images]
+    async def search(batch: list[str]) -> list:
+        requests = [SearchRequest(collection="pics", image_base64=b, k=3) for b in batch]
         return await asyncio.gather(*(searcher.search(r) for r in requests))
 
     try:
-        answers = asyncio.run(all_at_once())
+        lone = asyncio.run(search(images[:1]))
+        assert len(passes) == 1 and not passes[0][1].startswith("batcher-")  # encoded on its own pool thread
+        passes.clear()
+        answers = asyncio.run(search(images))
     finally:
         searcher.close()
-    assert [[h.id for h in a.results] for a in answers] == alone
-    assert sum(passes) == len(images) and len(passes) < len(images), passes
+    assert [[h.id for h in a.results] for a in (*lone, *answers)] == [alone[0], *alone]
+    sizes = [size for size, _ in passes]
+    assert sum(sizes) == len(images) and len(sizes) < len(images), passes
