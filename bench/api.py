@@ -226,6 +226,20 @@ def overhead(
     }
 
 
+def lone_query(client: ProcessPoolExecutor, batched: str, unbatched: str, requests: int, turns: int = 6) -> dict:
+    """p50 of one client's text and image queries against the batching server and the unbatched one, in interleaved
+    turns (measured one after the other, the machine's drift decided which was faster): what batching costs a
+    query that has nothing to share a pass with."""
+    per = max(1, requests // turns)
+    times: dict[str, list[float]] = {}
+    for turn in range(turns):
+        for kind in ("search", "image-search"):
+            for label, base in (("batching_on", batched), ("batching_off", unbatched)):
+                samples = client.submit(http_client.one_client, base, per, kind, 10_000 + turn * per).result()
+                times.setdefault(f"{kind}_{label}", []).extend(ms for ms, _ in samples)
+    return {key: round(statistics.median(samples), 2) for key, samples in times.items()}
+
+
 def run(args: argparse.Namespace) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
         root = Path(tmp)
@@ -240,9 +254,11 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                 # Against the unbatched server: at one client a batcher has nothing to batch.
                 with (
                     Server(create_app(settings, engine=engine, batching=False)) as search_base,
+                    Server(create_app(settings, engine=engine, batching=True)) as batched_base,
                     Server(trivial_app()) as trivial_base,
                 ):
                     one_caller = overhead(engine, client, search_base, trivial_base, args.requests)
+                    lone = lone_query(client, batched_base, search_base, args.requests)
                 http: dict[str, dict[str, dict[str, float]]] = {}
                 images: dict[str, dict[str, dict[str, float]]] = {}  # image queries (base64 PNGs), fewer clients
                 for batching in (True, False):
@@ -270,6 +286,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "setup_s": round(build_s, 1),
         "requests_per_configuration": args.requests,
         **one_caller,
+        "lone_query_p50_ms": lone,
         "http": http,
         "http_image_queries": images,
         "image_batching_gain_rps": {

@@ -112,6 +112,10 @@ def api(r: dict) -> list[Row]:
                 )
             )
     rows.append(("batching gain (median req/s)", f"{r['median_batching_gain_rps']}x", "on vs off, same clients"))
+    if "lone_query_p50_ms" in r:
+        lone = r["lone_query_p50_ms"]
+        for kind in ("search", "image-search"):
+            rows.append((f"lone {kind} p50, batching on / off", f"{lone[f'{kind}_batching_on']} / {lone[f'{kind}_batching_off']} ms", "one client, interleaved turns"))  # fmt: skip
     for clients, gain in r.get("image_batching_gain_rps", {}).items():
         on, off = r["http_image_queries"]["batching_on"][clients], r["http_image_queries"]["batching_off"][clients]
         rows.append((f"image queries {clients}", f"{on['requests_per_s']} vs {off['requests_per_s']} req/s", f"batching on vs off: {gain}x; p99 {on['p99_ms']} vs {off['p99_ms']} ms"))  # fmt: skip
