@@ -240,6 +240,24 @@ def lone_query(client: ProcessPoolExecutor, batched: str, unbatched: str, reques
     return {key: round(statistics.median(samples), 2) for key, samples in times.items()}
 
 
+def under_load(client: ProcessPoolExecutor, settings, engine: Engine, requests: int) -> tuple[dict, dict]:  # noqa: ANN001
+    """Text queries at CONCURRENCY and image queries (base64 PNGs) at IMAGE_CONCURRENCY clients, batching on and
+    off: {"batching_on"|"batching_off": {"clients_N": figures}} for each."""
+    http: dict[str, dict[str, dict[str, float]]] = {}
+    images: dict[str, dict[str, dict[str, float]]] = {}
+    for batching in (True, False):
+        with Server(create_app(settings, engine=engine, batching=batching)) as base:
+            label = "batching_on" if batching else "batching_off"
+            http[label] = {
+                f"clients_{c}": client.submit(http_client.clients, base, c, requests).result() for c in CONCURRENCY
+            }
+            images[label] = {
+                f"clients_{c}": client.submit(http_client.clients, base, c, requests, "image-search").result()
+                for c in IMAGE_CONCURRENCY
+            }
+    return http, images
+
+
 def run(args: argparse.Namespace) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
         root = Path(tmp)
@@ -259,21 +277,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                 ):
                     one_caller = overhead(engine, client, search_base, trivial_base, args.requests)
                     lone = lone_query(client, batched_base, search_base, args.requests)
-                http: dict[str, dict[str, dict[str, float]]] = {}
-                images: dict[str, dict[str, dict[str, float]]] = {}  # image queries (base64 PNGs), fewer clients
-                for batching in (True, False):
-                    with Server(create_app(settings, engine=engine, batching=batching)) as base:
-                        label = "batching_on" if batching else "batching_off"
-                        http[label] = {
-                            f"clients_{c}": client.submit(http_client.clients, base, c, args.requests).result()
-                            for c in CONCURRENCY
-                        }
-                        images[label] = {
-                            f"clients_{c}": client.submit(
-                                http_client.clients, base, c, args.requests, "image-search"
-                            ).result()
-                            for c in IMAGE_CONCURRENCY
-                        }
+                http, images = under_load(client, settings, engine, args.requests)
         finally:
             engine.close()
     return {
