@@ -81,7 +81,7 @@ class Searcher:
 
     def __init__(self, engine: Engine, settings: Settings, *, batching: bool = True, max_wait_s: float = 0.0) -> None:
         self.engine, self.settings, self.batching, self.max_wait_s = engine, settings, batching, max_wait_s
-        self._batchers: dict[str, MicroBatcher[str, object]] = {}
+        self._batchers: dict[tuple[str, str], MicroBatcher] = {}
         self._lock = threading.Lock()
         # Searches running at once. Past a few per core, more threads only contend for the GIL, and a thread that
         # releases it at every torch op (the batcher's) can wait up to the 5 ms switch interval each time to get it
@@ -93,7 +93,7 @@ class Searcher:
 
     def batcher(self, encoder: Encoder, kind: str = "text") -> MicroBatcher:
         """The encoder's micro-batcher of query texts (`kind="text"`) or of query images' pixels ("image")."""
-        key = f"{kind}:{encoder.name}:{encoder.fingerprint[:8]}"
+        key = (kind, encoder.fingerprint)  # the whole fingerprint: two encoders must never share a batcher
         with self._lock:
             batcher = self._batchers.get(key)
             if batcher is None:
@@ -101,7 +101,8 @@ class Searcher:
                     encode, size = encoder.encode_texts, self.settings.text_batch_size
                 else:
                     encode, size = partial(encode_query_pixels, encoder), self.settings.image_batch_size
-                batcher = MicroBatcher(key, encode, max_batch=size, max_wait_s=self.max_wait_s)
+                name = f"{kind}:{encoder.name}:{encoder.fingerprint[:8]}"  # the metrics label
+                batcher = MicroBatcher(name, encode, max_batch=size, max_wait_s=self.max_wait_s)
                 self._batchers[key] = batcher
             return batcher
 

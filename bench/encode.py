@@ -279,7 +279,7 @@ OPENCLIP_QUERIES = [
 def openclip_text_figures(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict:
     """An open_clip text tower (random weights of `args.openclip`): our encoder's texts cut after their last token
     in groups of similar length, against open_clip's `encode_text` on the full 77-token context (the before)."""
-    from internvl_models.openclip_encoder import OpenCLIPEncoder, length_groups
+    from internvl_models.openclip_encoder import MIN_REAL_TOKEN_FRACTION, OpenCLIPEncoder, length_groups
 
     encoder = OpenCLIPEncoder(args.openclip, device=device, dtype=dtype)
     texts = [OPENCLIP_QUERIES[i % len(OPENCLIP_QUERIES)] for i in range(args.text_batch)]
@@ -288,7 +288,7 @@ def openclip_text_figures(args: argparse.Namespace, device: torch.device, dtype:
     if ends is None:
         return {"openclip_text": f"{args.openclip}: the text tower cannot be cut (bidirectional or last-token)"}
     real = int((ends + 1).sum())
-    groups = length_groups(ends.tolist(), 0.8)
+    groups = length_groups(ends.tolist(), MIN_REAL_TOKEN_FRACTION)
     computed = sum(len(g) * (int(ends[g].max()) + 1) for g in groups)
     progress(f"open_clip {args.openclip} text: timing ours / padded")
     with torch.inference_mode():

@@ -18,7 +18,7 @@ from indexer.errors import InvalidInput
 from indexer.pipeline.decode import DecodeError, decode_image
 from indexer.pipeline.paths import SourceError
 from indexer.pipeline.urls import downloader_for
-from indexer.search import Hit, image_query_vector
+from indexer.search import Hit
 from internvl_models import Encoder
 
 if TYPE_CHECKING:
@@ -92,13 +92,13 @@ def decode_query_image(engine: Engine, data: bytes) -> Image.Image:
 
 
 def image_vector(engine: Engine, encoder: Encoder, data: bytes) -> np.ndarray:
-    """(1, dim) retrieval vector of a query image given as bytes."""
-    return image_query_vector(encoder, decode_query_image(engine, data), max_pixels=engine.config.max_image_pixels)
+    """(1, dim) retrieval vector of a query image given as bytes: the two steps below, for one image."""
+    return encode_query_pixels(encoder, [query_pixels(engine, encoder, data)])
 
 
 def query_pixels(engine: Engine, encoder: Encoder, data: bytes) -> torch.Tensor:
-    """(3, S, S) retrieval pixels of a query image given as bytes, decoded under the ingestion limits: what
-    `image_vector` encodes, for a caller that batches the encoding with other queries' (`encode_query_pixels`)."""
+    """(3, S, S) retrieval pixels of a query image given as bytes, decoded under the ingestion limits (a caller
+    that batches the encoding with other queries' passes them to `encode_query_pixels` together)."""
     return encoder.preprocess_image(decode_query_image(engine, data))
 
 

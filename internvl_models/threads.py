@@ -12,7 +12,8 @@ Which passes are small is measured rather than guessed from FLOPs: the last dura
 and batch-size bucket; under `SMALL_PASS_S` it runs on one thread. The first pass of each bucket uses the full count.
 
 torch.set_num_threads sets the calling thread's OpenMP count and also a process-wide default that a thread reads
-once, at its first parallel op. So a pass always sets both its own count and, afterwards, the full count back: a thread that starts while a small pass runs elsewhere is put right at its own next pass.
+once, at its first parallel op. So a pass always sets both its own count and, afterwards, the full count back: a
+thread that starts while a small pass runs elsewhere is put right at its own next pass.
 """
 
 from __future__ import annotations

@@ -142,3 +142,19 @@ def test_an_idle_batcher_can_be_claimed_and_holds_what_arrives_meanwhile() -> No
         batcher.release()
     finally:
         batcher.close()
+
+
+def test_encoders_whose_fingerprints_share_a_prefix_get_batchers_of_their_own() -> None:
+    from types import SimpleNamespace
+
+    def encoder(fingerprint: str) -> SimpleNamespace:
+        return SimpleNamespace(name="internvl-c", fingerprint=fingerprint, encode_texts=lambda texts: texts)
+
+    searcher = Searcher(None, load_settings())  # type: ignore[arg-type] - batchers need no engine
+    try:
+        one, other = encoder("ab" * 32), encoder("ab" * 4 + "cd" * 28)  # the same first 8 characters
+        assert searcher.batcher(one) is searcher.batcher(one)
+        assert searcher.batcher(one) is not searcher.batcher(other)
+        assert searcher.batcher(one) is not searcher.batcher(one, "image")
+    finally:
+        searcher.close()
