@@ -2,15 +2,18 @@
 
 Sizing (n = number of vectors the index is built for):
 - IVF lists: nlist = 4·sqrt(n) rounded to a power of two, lowered until every list has >= 39 training points
-  (faiss's own minimum), at most 65,536. nprobe = nlist/16, at least 8 (or nlist when smaller).
-- IVF-PQ codes: one sub-quantizer per 4 dimensions (m = d/4, rounded down to a divisor of d), 8 bits each
-  (fewer below 9,984 training vectors, so every codebook centroid still gets 39 points; at least 4 bits, hence
-  at least 624 vectors), plus an 8-bit scalar-quantised copy of each vector to re-rank PQ_REFINE_FACTOR·k
-  candidates, at 1.25·d bytes per vector instead of 4·d. The re-rank, not the lists, caps recall: at 1M x 64
-  (bench/search.py data, nprobe 1024 of 4096) re-ranking 8·k candidates gave recall@10 0.92 (power-law spread) /
-  0.86 (isotropic) where IVF-Flat reaches 0.99 / 0.97; 16·k gave 0.96 / 0.91 and 32·k 0.97 / 0.94. 16 is the
-  default: at the default nprobe it costs ~10% of a query's latency for +3-4 points, while the same gain from
-  probing more lists (2x nprobe) costs 2.7x (bench/RESULTS.md, "IVF-PQ re-rank").
+  (faiss's own minimum), at most 65,536. nprobe = nlist/16 for IVF-Flat, nlist/4 for IVF-PQ, at least 8 (or
+  nlist when smaller).
+- IVF-PQ codes: 4 bits per sub-quantizer, one sub-quantizer per 2 dimensions (m = d/2, rounded down to a divisor
+  of d): d/4 bytes per vector, scanned by faiss's fast-scan kernels (`IndexIVFPQFastScan`, look-up tables in SIMD
+  registers), which need 624 training vectors (16 centroids x 39 points). An explicit `nbits` of 5-8 builds a plain
+  `IndexIVFPQ` (m = 2·d/nbits by default: the same d/4 bytes; fewer bits below 39·2^nbits training vectors);
+  `on_disk` stores default to 8 bits, whose lists faiss can memory-map. The top refine_factor·k candidates (64·k) are re-scored with a float16 copy of
+  each vector (`refine`: "fp16", 2·d bytes; "sq8" halves it): the re-rank, not the lists, capped recall. At 1M x 64
+  (bench/search.py data) the fast-scan store reaches recall@10 0.96 (isotropic) / 0.98 (power-law) at its defaults
+  in 1.5-2.1 ms a query, where the 8-bit `IndexIVFPQ` with an 8-bit copy it replaced needed 5-6 ms for 0.91 / 0.96:
+  the 8-bit copy's score error alone cost ~3 points, and fast scan makes a 4x wider probe cheaper than the old
+  narrow one (bench/RESULTS.md, "IVF-PQ fast scan").
 - HNSW: M = 32 links per node; efConstruction and efSearch grow with the number of vectors indexed (`hnsw_ef_search`,
   `hnsw_ef_construction`), because a graph over more vectors needs a wider search for the same recall: on the
   clustered d=64 data of bench/search.py, efSearch 128 gives recall@10 0.96 at 100k but 0.76 at 1M. Measured at 1M:
@@ -25,7 +28,7 @@ most nlist): with only a share s of the vectors eligible, the index has to look 
 k neighbours, and stopping at the first k allowed ones found is what gave filtered recall@10 of 0.57 (IVF at 1%)
 and 0.31 (HNSW at 1M, 1%). When that search would cost more than scoring the allowed vectors directly, they are
 scored directly instead (exact: base.py `_brute_force_pays`); IVF-Flat keeps a direct map (id -> list slot) for
-that, IVF-PQ scores its 8-bit re-rank copy. A search that still comes back short climbs the ladder (x4 per rung)
+that, IVF-PQ scores its re-rank copy. A search that still comes back short climbs the ladder (x4 per rung)
 and, last, scores the allowed vectors of the unlucky queries directly.
 """
 
@@ -62,8 +65,24 @@ MIN_POINTS_PER_LIST = 39
 MAX_NLIST = 65_536
 PQ_MAX_NBITS = 8
 PQ_MIN_NBITS = 4
-PQ_DIMS_PER_SUBQUANTIZER = 4
-PQ_REFINE_FACTOR = 16
+# 4-bit codes are scanned by faiss's SIMD fast-scan kernels (look-up tables held in registers).
+FASTSCAN_NBITS = 4
+MAPPABLE_PQ_NBITS = 8  # faiss memory-maps plain IVF lists only, so on_disk stores default to 8-bit codes
+PQ_CODE_BITS_PER_DIM = 2  # m x nbits = 2·d bits: d/4 bytes per vector, at any nbits
+# IVF-Flat probes 1/16 of its lists by default. Fast-scan IVF-PQ scans its codes so much faster that it probes
+# 1/4 and re-ranks 64·k candidates: recall@10 0.96-0.98 at 1M x 64 (isotropic / power-law data) for 1.5-2.1 ms,
+# where 1/16 and 16·k gave 0.78-0.85 (bench/RESULTS.md, "IVF-PQ fast scan").
+IVF_PROBE_SHARE = 16
+PQ_PROBE_SHARE = 4
+PQ_REFINE_FACTOR = 64
+# The copy IVF-PQ re-ranks its candidates with: float16 (2·d bytes a vector) by default; an 8-bit one (d bytes)
+# halves that but its ~1e-3 score error cost 3 points of recall@10 on bench/search.py's isotropic data.
+REFINE_TYPES = {"fp16": faiss.ScalarQuantizer.QT_fp16, "sq8": faiss.ScalarQuantizer.QT_8bit}
+REFINE_DEFAULT = "fp16"
+# A store keeps an id -> row table for its re-rank copy while its largest id is within this many times its count.
+ROW_TABLE_SLACK = 8
+ROW_TABLE_FLOOR = 1 << 20
+RERANK_BLOCK_FLOATS = 1 << 20
 _SEED = 1234
 
 
@@ -86,18 +105,22 @@ def choose_nlist(n: int) -> int:
     return nlist
 
 
-def choose_nprobe(nlist: int) -> int:
-    return min(nlist, max(8, nlist // 16))
-
-
-def choose_pq_m(dim: int) -> int:
-    target = max(1, dim // PQ_DIMS_PER_SUBQUANTIZER)
-    return max(m for m in range(1, target + 1) if dim % m == 0)
+def choose_nprobe(nlist: int, share: int = IVF_PROBE_SHARE) -> int:
+    """Lists probed per query: one in `share`, at least 8 (or every list when there are fewer)."""
+    return min(nlist, max(8, nlist // share))
 
 
 def choose_pq_nbits(n: int) -> int:
+    """The most bits per code that n training vectors support (39 per codebook centroid), at most 8."""
     fits = int(math.floor(math.log2(max(n, 1) / MIN_POINTS_PER_LIST))) if n >= MIN_POINTS_PER_LIST else 0
     return min(PQ_MAX_NBITS, fits)
+
+
+def choose_pq_m(dim: int, nbits: int = 4) -> int:
+    """Sub-quantizers for `nbits`-bit codes of d/4 bytes: one per 2 dimensions at 4 bits, per 4 at 8 bits (rounded
+    down to a divisor of d)."""
+    target = max(1, PQ_CODE_BITS_PER_DIM * dim // nbits)
+    return max(m for m in range(1, target + 1) if dim % m == 0)
 
 
 def _grown(base: int, n: int, growth: float, cap: int) -> int:
@@ -193,6 +216,7 @@ class IVFFlatStore(FaissStore):
 
     kind = "ivf_flat"
     exact = False
+    probe_share = IVF_PROBE_SHARE  # the default nprobe is nlist / probe_share
 
     def _sizing(self, vectors: np.ndarray) -> dict[str, Any]:
         """Parameters for a build on `vectors`: explicit ones win, the sizing rules fill in the rest.
@@ -201,7 +225,7 @@ class IVFFlatStore(FaissStore):
         that has grown far past `trained_on` vectors should be rebuilt; the engine decides when.
         """
         sizing = {"nlist": choose_nlist(len(vectors)), **self.params, "trained_on": len(vectors)}
-        sizing.setdefault("nprobe", choose_nprobe(int(sizing["nlist"])))
+        sizing.setdefault("nprobe", choose_nprobe(int(sizing["nlist"]), self.probe_share))
         if len(vectors) < int(sizing["nlist"]):
             raise InvalidInput(
                 f"{self.kind}: {sizing['nlist']} lists need at least as many training vectors, got {len(vectors)}"
@@ -248,30 +272,53 @@ class IVFFlatStore(FaissStore):
 
 
 class IVFPQStore(IVFFlatStore):
-    """`IndexIVFPQ` candidates re-ranked with an 8-bit scalar-quantised copy of the vectors."""
+    """IVF-PQ candidates (4-bit fast-scan codes by default) re-ranked with a float16 copy of the vectors."""
 
     kind = "ivf_pq"
+    probe_share = PQ_PROBE_SHARE
 
     def __init__(self, dim: int, params: Mapping[str, Any] | None = None) -> None:
         super().__init__(dim, params)
-        self.params.setdefault("m", choose_pq_m(dim))
+        if "nbits" in self.params and int(self.params["nbits"]) not in range(PQ_MIN_NBITS, PQ_MAX_NBITS + 1):
+            raise InvalidInput(f"ivf_pq: nbits={self.params['nbits']} must be {PQ_MIN_NBITS} to {PQ_MAX_NBITS}")
+        self.params.setdefault("m", choose_pq_m(dim, int(self.params.get("nbits", FASTSCAN_NBITS))))
         self.params.setdefault("refine_factor", PQ_REFINE_FACTOR)
+        self.params.setdefault("refine", REFINE_DEFAULT)
         if dim % int(self.params["m"]):
             raise InvalidInput(f"ivf_pq: m={self.params['m']} must divide the dimension {dim}")
+        if self.params["refine"] not in REFINE_TYPES:
+            raise InvalidInput(f"ivf_pq: refine={self.params['refine']!r} must be one of {sorted(REFINE_TYPES)}")
         self._refine: faiss.Index | None = None
 
+    @property
+    def _refine(self) -> faiss.Index | None:
+        """The re-rank copy: `IndexIDMap2` over an `IndexScalarQuantizer` (rows in insertion order, catalog ids)."""
+        return self._refine_copy
+
+    @_refine.setter
+    def _refine(self, copy: faiss.Index | None) -> None:
+        # Set on build and load, and by ShardedStore when it copies, maps or re-reads a shard's copy.
+        self._refine_copy = copy
+        self._rows: np.ndarray | None = None
+
     def _build_index(self, vectors: np.ndarray) -> faiss.Index:
-        sizing = {"nbits": choose_pq_nbits(len(vectors)), **self._sizing(vectors)}
-        nlist, m, nbits = int(sizing["nlist"]), int(sizing["m"]), int(sizing["nbits"])
-        if nbits < PQ_MIN_NBITS or len(vectors) < 2**nbits:
+        sizing = {"nbits": FASTSCAN_NBITS, "refine": REFINE_DEFAULT, **self._sizing(vectors)}
+        requested = int(sizing["nbits"])
+        # Fewer bits than asked when the first batch cannot give every codebook centroid 39 training points.
+        sizing["nbits"] = nbits = min(requested, choose_pq_nbits(len(vectors)))
+        nlist, m = int(sizing["nlist"]), int(sizing["m"])
+        if nbits < PQ_MIN_NBITS:
             raise InvalidInput(
                 f"ivf_pq needs at least {MIN_POINTS_PER_LIST * 2**PQ_MIN_NBITS} vectors to train its codebooks, "
                 f"got {len(vectors)}; use 'flat' or 'auto' for a collection this small"
             )
         quantizer = faiss.IndexFlatIP(self.dim)
-        index = faiss.IndexIVFPQ(quantizer, self.dim, nlist, m, nbits, faiss.METRIC_INNER_PRODUCT)
+        if requested == FASTSCAN_NBITS:
+            index = faiss.IndexIVFPQFastScan(quantizer, self.dim, nlist, m, nbits, faiss.METRIC_INNER_PRODUCT)
+        else:
+            index = faiss.IndexIVFPQ(quantizer, self.dim, nlist, m, nbits, faiss.METRIC_INNER_PRODUCT)
         index.train(_training_sample(vectors, max(nlist, 2**nbits)))
-        refine = faiss.IndexScalarQuantizer(self.dim, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+        refine = faiss.IndexScalarQuantizer(self.dim, REFINE_TYPES[sizing["refine"]], faiss.METRIC_INNER_PRODUCT)
         refine.train(_training_sample(vectors, 2**nbits))
         self._refine = faiss.IndexIDMap2(refine)
         self.params = sizing
@@ -285,20 +332,49 @@ class IVFPQStore(IVFFlatStore):
         self._index.remove_ids(faiss.IDSelectorBatch(ids))
         self._refine.remove_ids(faiss.IDSelectorBatch(ids))
 
+    def _changed(self) -> None:
+        self._rows = None
+        super()._changed()
+
+    def _row_table(self) -> np.ndarray | None:
+        """id -> row of the re-rank copy (-1: absent), indexed by id; None when the ids are too sparse for one.
+
+        Built from the copy's id list after each change. Finding 640 random candidates through it and gathering
+        their rows takes a fraction of the copy's own per-id hash lookups (bench/RESULTS.md, "IVF-PQ fast scan")."""
+        if self._rows is None:
+            ids = faiss.vector_to_array(self._refine.id_map)
+            top = int(ids.max()) + 1 if len(ids) else 0
+            if len(ids) and int(ids.min()) >= 0 and top <= ROW_TABLE_SLACK * len(ids) + ROW_TABLE_FLOOR:
+                self._rows = np.full(top, -1, dtype=np.int32 if len(ids) < 2**31 else np.int64)
+                self._rows[ids] = np.arange(len(ids))
+            else:
+                self._rows = np.empty(0, dtype=np.int64)  # marks "too sparse": the copy's hash map is used
+        return self._rows if len(self._rows) else None
+
     def _reconstruct(self, ids: np.ndarray) -> np.ndarray:
-        # The 8-bit copy the candidates are re-ranked with anyway (cosine error ~1e-3, far below PQ's).
-        return self._refine.reconstruct_batch(ids)
+        """The vectors of `ids` (all held) as the re-rank copy has them (float16: cosine error ~1e-4)."""
+        table = self._row_table()
+        if table is None:
+            return self._refine.reconstruct_batch(ids)
+        rows = faiss.downcast_index(self._refine.index)
+        codes = faiss.rev_swig_ptr(rows.codes.data(), rows.ntotal * rows.code_size).reshape(-1, rows.code_size)
+        return rows.sa_decode(codes[table[ids]])
 
     def _index_search(self, queries: np.ndarray, k: int, params) -> tuple[np.ndarray, np.ndarray]:
         fetch = k * int(self.params["refine_factor"])
         _, candidates = self._index.search(queries, fetch, params=params)
-        flat_ids = candidates.reshape(-1)
-        vectors = np.zeros((len(flat_ids), self.dim), dtype=np.float32)
-        valid = flat_ids >= 0
-        if valid.any():
-            vectors[valid] = self._refine.reconstruct_batch(flat_ids[valid])
-        scores = np.einsum("qd,qkd->qk", queries, vectors.reshape(len(queries), fetch, self.dim))
-        result = top_k(np.where(candidates >= 0, scores, -np.inf).astype(np.float32), candidates, k)
+        scores = np.full(candidates.shape, -np.inf, dtype=np.float32)
+        # In blocks of queries, so the candidates' vectors stay a few MB: one array for a whole batch (164 MB for
+        # 1,000 queries x 640 candidates x 64 dimensions) paid more in page faults than in scoring.
+        step = max(1, RERANK_BLOCK_FLOATS // (fetch * self.dim))
+        for start in range(0, len(queries), step):
+            block = candidates[start : start + step]
+            valid = block >= 0
+            vectors = np.zeros((*block.shape, self.dim), dtype=np.float32)
+            vectors[valid] = self._reconstruct(block[valid])
+            scored = np.matmul(vectors, queries[start : start + step, :, None])[:, :, 0]
+            scores[start : start + step][valid] = scored[valid]
+        result = top_k(scores, candidates, k)
         return result.scores, result.ids
 
     def _extra_sections(self) -> dict[str, bytes]:
@@ -307,3 +383,6 @@ class IVFPQStore(IVFFlatStore):
     def _load_extra_sections(self, sections) -> None:
         if "refine" in sections:
             self._refine = faiss.deserialize_index(np.frombuffer(sections["refine"], dtype=np.uint8))
+            # Stores saved before the float16 copy re-rank with their 8-bit one: say so in the params.
+            qtype = faiss.downcast_index(self._refine.index).sq.qtype
+            self.params["refine"] = next(name for name, value in REFINE_TYPES.items() if value == qtype)

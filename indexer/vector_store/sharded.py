@@ -25,7 +25,8 @@ prefixed by shard). With `on_disk`, each shard's FAISS index (and IVF-PQ's re-ra
 replaced last (atomically), and files that neither it nor the manifest before it refers to are deleted afterwards
 (a reader still holding the previous manifest can open its files). Such a store can be loaded memory-mapped
 (`mmap=True`): IVF lists are mapped from the file (faiss `IO_FLAG_MMAP`), flat codes and the 8-bit re-rank copy
-too (`IO_FLAG_MMAP_IFC`), so the page cache holds the hot lists and the collection may exceed RAM. Mapped shards
+too (`IO_FLAG_MMAP_IFC`), so the page cache holds the hot lists and the collection may exceed RAM (an `on_disk`
+IVF-PQ store therefore uses 8-bit codes by default: faiss reads 4-bit fast-scan lists into memory). Mapped shards
 are read-only: the first add or remove to one reads it into memory first (a serving replica never writes).
 """
 
@@ -60,6 +61,7 @@ from indexer.vector_store.base import (
     top_k,
     write_store_file,
 )
+from indexer.vector_store.faiss_store import MAPPABLE_PQ_NBITS
 from indexer.vector_store.flat import gpu_count
 
 # Keys of a sharded store's params that belong to the sharding, not to the inner kind's sizing.
@@ -108,6 +110,9 @@ class ShardedStore:
         self.on_disk = bool(on_disk)
         self.version = 0
         inner = {k: v for k, v in dict(params or {}).items() if k not in SHARD_KEYS}
+        if self.on_disk and kind == "ivf_pq":
+            # faiss maps only plain IVF lists: 4-bit fast-scan lists (ivf_pq's default) are read into memory.
+            inner.setdefault("nbits", MAPPABLE_PQ_NBITS)
         self._new_shard = new_shard
         self._shards: list[FaissStore] = [new_shard(dict(inner)) for _ in range(self.shards)]
         self.exact = self._shards[0].exact

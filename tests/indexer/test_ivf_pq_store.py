@@ -1,0 +1,137 @@
+"""IVF-PQ as the engine builds it: fast-scan 4-bit codes, a float16 re-rank copy found through an id -> row table,
+8-bit codes where the lists must be memory-mapped, and stores saved before any of that."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+
+from indexer.errors import InvalidInput
+from indexer.vector_store import create_vector_store, load_vector_store
+from indexer.vector_store.base import read_store_file, write_store_file
+
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
+
+N, DIM, NQ, K = 12_000, 32, 50, 10
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(7)
+    centres = rng.normal(size=(40, DIM)).astype(np.float32)
+    x = centres[rng.integers(0, 40, N)] + 0.6 * rng.normal(size=(N, DIM)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    q = x[rng.integers(0, N, NQ)] + 0.1 * rng.normal(size=(NQ, DIM)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    return np.arange(N, dtype=np.int64) * 3 + 1000, x, q
+
+
+def exact_top(ids: np.ndarray, x: np.ndarray, q: np.ndarray) -> np.ndarray:
+    return ids[np.argsort(-(q @ x.T), axis=1)[:, :K]]
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(f) & set(t)) / K for f, t in zip(found, truth)]))
+
+
+def test_default_store_is_fast_scan_with_a_float16_copy(data) -> None:
+    ids, x, q = data
+    store = create_vector_store("ivf_pq", DIM)
+    store.add(ids, x)
+    assert isinstance(faiss.downcast_index(store._index), faiss.IndexIVFPQFastScan)
+    assert store.params["nbits"] == 4 and store.params["m"] == DIM // 2 and store.params["refine"] == "fp16"
+    assert store.params["nprobe"] == max(8, store.params["nlist"] // 4) and store.params["refine_factor"] == 64
+    copy = faiss.downcast_index(store._refine.index)
+    assert copy.sq.qtype == faiss.ScalarQuantizer.QT_fp16
+    # The re-rank copy hands back the vectors to float16 precision, through the row table and the hash map alike.
+    picked = ids[::97]
+    np.testing.assert_allclose(store._reconstruct(picked), x[::97], atol=1e-3)
+    np.testing.assert_array_equal(store._reconstruct(picked), store._refine.reconstruct_batch(picked))
+    assert recall(store.search(q, K).ids, exact_top(ids, x, q)) >= 0.95
+
+
+def test_sparse_ids_skip_the_row_table_and_find_the_same_neighbours(data) -> None:
+    ids, x, q = data
+    dense = create_vector_store("ivf_pq", DIM)
+    dense.add(ids, x)
+    sparse_ids = ids * 1_000_003 + (1 << 40)
+    sparse = create_vector_store("ivf_pq", DIM)
+    sparse.add(sparse_ids, x)
+    assert dense._row_table() is not None and sparse._row_table() is None
+    a, b = dense.search(q, K), sparse.search(q, K)
+    np.testing.assert_array_equal(np.searchsorted(ids, a.ids), np.searchsorted(sparse_ids, b.ids))
+    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)
+
+
+def test_row_table_follows_removals_and_re_adds(data) -> None:
+    ids, x, q = data
+    store = create_vector_store("ivf_pq", DIM)
+    store.add(ids, x)
+    store.search(q, K)  # builds the table
+    gone = store.search(q, K).ids[:, 0]
+    store.remove(gone)
+    assert not np.isin(store.search(q, K).ids, gone).any()
+    # Put the removed ids back with new vectors: the copy's rows moved, the table must follow them.
+    moved = np.random.default_rng(1).normal(size=(len(np.unique(gone)), DIM)).astype(np.float32)
+    moved /= np.linalg.norm(moved, axis=1, keepdims=True)
+    store.add(np.unique(gone), moved)
+    np.testing.assert_allclose(store._reconstruct(np.unique(gone)), moved, atol=1e-3)
+    # Scored directly from the copy (a filter this small is brute-forced): each new vector finds its own id.
+    found = store.search(moved, 1, allowed_ids=np.unique(gone)).ids[:, 0]
+    np.testing.assert_array_equal(found, np.unique(gone))
+
+
+def test_explicit_eight_bit_codes_and_eight_bit_copy(data) -> None:
+    ids, x, q = data
+    store = create_vector_store("ivf_pq", DIM, params={"nbits": 8, "refine": "sq8"})
+    store.add(ids, x)
+    assert type(faiss.downcast_index(store._index)) is faiss.IndexIVFPQ
+    assert store.params["m"] == DIM // 4
+    assert faiss.downcast_index(store._refine.index).sq.qtype == faiss.ScalarQuantizer.QT_8bit
+    assert recall(store.search(q, K).ids, exact_top(ids, x, q)) >= 0.9
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [({"nbits": 3}, "nbits=3 must be 4 to 8"), ({"nbits": 9}, "nbits=9"), ({"refine": "fp8"}, "refine='fp8'")],
+)
+def test_bad_parameters_are_refused(params: dict, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        create_vector_store("ivf_pq", DIM, params=params)
+
+
+def test_on_disk_stores_use_mappable_eight_bit_lists(data, tmp_path: Path) -> None:
+    ids, x, q = data
+    store = create_vector_store("ivf_pq", DIM, params={"shards": 2, "on_disk": True})
+    store.add(ids, x)
+    assert store.params["nbits"] == 8
+    path = tmp_path / "index.ivs"
+    store.save(path)
+    mapped = load_vector_store(path, mmap=True)
+    lists = {type(faiss.downcast_InvertedLists(s._index.invlists)).__name__ for s in mapped._shards}
+    assert lists == {"OnDiskInvertedLists"}  # 4-bit fast-scan lists would have been read into memory
+    np.testing.assert_array_equal(mapped.search(q, K).ids, store.search(q, K).ids)
+    # A first batch too small for 8-bit codebooks (39 points per centroid) trains fewer bits, as before.
+    small = create_vector_store("ivf_pq", DIM, params={"shards": 1, "on_disk": True})
+    small.add(ids[:5_000], x[:5_000])
+    assert small.params["nbits"] == 7 and type(faiss.downcast_index(small._shards[0]._index)) is faiss.IndexIVFPQ
+
+
+def test_a_store_saved_before_fast_scan_still_loads(data, tmp_path: Path) -> None:
+    """Stores saved before the float16 copy: 8-bit codes, an 8-bit copy, and no "refine" in their params."""
+    ids, x, q = data
+    old = create_vector_store("ivf_pq", DIM, params={"nbits": 8, "refine": "sq8", "refine_factor": 16})
+    old.add(ids, x)
+    path = tmp_path / "old.ivs"
+    old.save(path)
+    header, sections = read_store_file(path)
+    del header["params"]["refine"]
+    write_store_file(path, header, {name: bytes(part) for name, part in sections.items()})
+    loaded = load_vector_store(path)
+    assert loaded.params["refine"] == "sq8"
+    np.testing.assert_array_equal(loaded.search(q, K).ids, old.search(q, K).ids)
+    loaded.add(ids[:10] + 1, x[:10])  # and it keeps working as one
+    assert set(loaded.search(x[:1], 2).ids[0]) == {ids[0], ids[0] + 1}
