@@ -14,7 +14,7 @@ query over all n vectors is kept as a running merge, so ground truth costs one b
 Reported: build seconds per phase; index bytes per vector (codes + ids, as faiss stores them, and the file size);
 single-query latency p50/p99 (one thread, as the engine serves a query) and recall@10 per nprobe; recall 10@100
 (the share of the true top-10 among the first 100 PQ candidates: the recall after re-ranking 100 candidates with
-exact vectors, which the engine's IVFPQStore approximates with its 8-bit copy and 80 candidates); and with --mmap the same queries on the index written
+exact vectors, which the engine's IVFPQStore approximates with its float16 copy and 640 candidates); and with --mmap the same queries on the index written
 to disk and loaded memory-mapped (faiss IO_FLAG_MMAP), with the process's resident memory before and after (warm page cache: each nprobe is run once before timing).
 
 The coarse quantizer is a flat index, so adding costs n x nlist distance computations: nlist is kept small (1-2k)

@@ -8,7 +8,7 @@ Sizing (n = number of vectors the index is built for):
   of d): d/4 bytes per vector, scanned by faiss's fast-scan kernels (`IndexIVFPQFastScan`, look-up tables in SIMD
   registers), which need 624 training vectors (16 centroids x 39 points). An explicit `nbits` of 5-8 builds a plain
   `IndexIVFPQ` (m = 2·d/nbits by default: the same d/4 bytes; fewer bits below 39·2^nbits training vectors);
-  `on_disk` stores default to 8 bits, whose lists faiss can memory-map. The top refine_factor·k candidates (64·k) are re-scored with a float16 copy of
+  `on_disk` stores default to 8 bits, whose lists faiss can memory-map, and to the 8-bit copy. The top refine_factor·k candidates (64·k) are re-scored with a float16 copy of
   each vector (`refine`: "fp16", 2·d bytes; "sq8" halves it): the re-rank, not the lists, capped recall. At 1M x 64
   (bench/search.py data) the fast-scan store reaches recall@10 0.96 (isotropic) / 0.98 (power-law) at its defaults
   in 1.5-2.1 ms a query, where the 8-bit `IndexIVFPQ` with an 8-bit copy it replaced needed 5-6 ms for 0.91 / 0.96:

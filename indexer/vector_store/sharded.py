@@ -26,7 +26,8 @@ replaced last (atomically), and files that neither it nor the manifest before it
 (a reader still holding the previous manifest can open its files). Such a store can be loaded memory-mapped
 (`mmap=True`): IVF lists are mapped from the file (faiss `IO_FLAG_MMAP`), flat codes and the 8-bit re-rank copy
 too (`IO_FLAG_MMAP_IFC`), so the page cache holds the hot lists and the collection may exceed RAM (an `on_disk`
-IVF-PQ store therefore uses 8-bit codes by default: faiss reads 4-bit fast-scan lists into memory). Mapped shards
+IVF-PQ store therefore defaults to 8-bit codes, which faiss maps where it reads 4-bit fast-scan lists into memory,
+and to the 8-bit re-rank copy). Mapped shards
 are read-only: the first add or remove to one reads it into memory first (a serving replica never writes).
 """
 
@@ -111,8 +112,10 @@ class ShardedStore:
         self.version = 0
         inner = {k: v for k, v in dict(params or {}).items() if k not in SHARD_KEYS}
         if self.on_disk and kind == "ivf_pq":
-            # faiss maps only plain IVF lists: 4-bit fast-scan lists (ivf_pq's default) are read into memory.
+            # Stores kept on disk are those too big for RAM: 8-bit codes, because faiss maps only plain IVF lists
+            # (4-bit fast-scan lists are read into memory), and the 8-bit re-rank copy, half the float16 one.
             inner.setdefault("nbits", MAPPABLE_PQ_NBITS)
+            inner.setdefault("refine", "sq8")
         self._new_shard = new_shard
         self._shards: list[FaissStore] = [new_shard(dict(inner)) for _ in range(self.shards)]
         self.exact = self._shards[0].exact

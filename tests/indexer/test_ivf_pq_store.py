@@ -103,11 +103,11 @@ def test_bad_parameters_are_refused(params: dict, message: str) -> None:
         create_vector_store("ivf_pq", DIM, params=params)
 
 
-def test_on_disk_stores_use_mappable_eight_bit_lists(data, tmp_path: Path) -> None:
+def test_on_disk_stores_use_mappable_eight_bit_lists_and_copy(data, tmp_path: Path) -> None:
     ids, x, q = data
     store = create_vector_store("ivf_pq", DIM, params={"shards": 2, "on_disk": True})
     store.add(ids, x)
-    assert store.params["nbits"] == 8
+    assert store.params["nbits"] == 8 and store.params["refine"] == "sq8"
     path = tmp_path / "index.ivs"
     store.save(path)
     mapped = load_vector_store(path, mmap=True)
