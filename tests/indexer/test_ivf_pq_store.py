@@ -9,6 +9,7 @@ import faiss
 import numpy as np
 import pytest
 
+from bench.search import clustered
 from indexer.errors import InvalidInput
 from indexer.vector_store import create_vector_store, load_vector_store
 from indexer.vector_store.base import read_store_file, write_store_file
@@ -20,13 +21,11 @@ N, DIM, NQ, K = 12_000, 32, 50, 10
 
 @pytest.fixture(scope="module")
 def data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """bench/search.py's overlapping clusters (40 centres); ids strided, so rows and ids differ."""
     rng = np.random.default_rng(7)
-    centres = rng.normal(size=(40, DIM)).astype(np.float32)
-    x = centres[rng.integers(0, 40, N)] + 0.6 * rng.normal(size=(N, DIM)).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    q = x[rng.integers(0, N, NQ)] + 0.1 * rng.normal(size=(NQ, DIM)).astype(np.float32)
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
-    return np.arange(N, dtype=np.int64) * 3 + 1000, x, q
+    middle = rng.normal(size=(40, DIM)).astype(np.float32)
+    middle /= np.linalg.norm(middle, axis=1, keepdims=True)
+    return np.arange(N, dtype=np.int64) * 3 + 1000, clustered(N, DIM, rng, middle), clustered(NQ, DIM, rng, middle)
 
 
 def exact_top(ids: np.ndarray, x: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -135,3 +134,18 @@ def test_a_store_saved_before_fast_scan_still_loads(data, tmp_path: Path) -> Non
     np.testing.assert_array_equal(loaded.search(q, K).ids, old.search(q, K).ids)
     loaded.add(ids[:10] + 1, x[:10])  # and it keeps working as one
     assert set(loaded.search(x[:1], 2).ids[0]) == {ids[0], ids[0] + 1}
+
+
+@pytest.mark.parametrize("nprobe", [1, 64])
+def test_scores_are_the_copys_inner_products(data, nprobe: int) -> None:
+    """Re-ranked scores are the query's inner products with the returned vectors, whether a query's candidate list
+    is full (nprobe 64) or padded with -1 (one list of ~N/128 vectors for 640 candidate slots)."""
+    ids, x, q = data
+    store = create_vector_store("ivf_pq", DIM, params={"nprobe": nprobe})
+    store.add(ids, x)
+    for queries in (q, q[:1]):  # a batch, and one query after it (buffers reused at another fill)
+        found = store.search(queries, K)
+        assert (found.ids >= 0).all()
+        rows = np.searchsorted(ids, found.ids)
+        np.testing.assert_allclose(found.scores, np.einsum("qd,qkd->qk", queries, x[rows]), atol=2e-3)
+        assert (np.diff(found.scores, axis=1) <= 0).all()
