@@ -139,11 +139,17 @@ def read_bandwidth(repeats: int = 5) -> float:
 
 
 def bench_kind(  # noqa: ANN001
-    kind: str, data: np.ndarray, queries: np.ndarray, truths: dict[str, np.ndarray], allowed, flat: dict | None
+    kind: str,
+    data: np.ndarray,
+    queries: np.ndarray,
+    truths: dict[str, np.ndarray],
+    allowed,
+    flat: dict | None,
+    params: dict | None = None,
 ) -> dict:
     ids = np.arange(len(data), dtype=np.int64)
     start = time.perf_counter()
-    store = create_vector_store(kind, data.shape[1], expected_size=len(data))
+    store = create_vector_store(kind, data.shape[1], expected_size=len(data), params=params)
     store.add(ids, data)
     build = time.perf_counter() - start
     start = time.perf_counter()
@@ -213,8 +219,21 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--kinds", default=",".join(list_vector_store_kinds()))
     parser.add_argument("--data", choices=DATA_MODELS, default="isotropic", help="how clusters spread (see above)")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=KIND:JSON",
+        help="also a store of KIND with explicit params, reported as NAME, e.g. the IVF-PQ of before 2026-12-07: "
+        'ivf_pq_8bit=ivf_pq:{"nbits": 8, "refine": "sq8", "refine_factor": 16, "nprobe": 256}',
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    runs = [(kind, kind, None) for kind in sorted(args.kinds.split(","), key=lambda k: k != "flat")]
+    for variant in args.variant:  # exact first (the ANN ratios need it), then the kinds, then the variants
+        name, _, spec = variant.partition("=")
+        kind, _, params = spec.partition(":")
+        runs.append((name, kind, json.loads(params or "{}")))
     rng = np.random.default_rng(0)
     report = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, faiss {faiss.__version__}, "
@@ -240,13 +259,13 @@ def main() -> None:
         truths = {"all": exact(data, queries)}
         truths.update({f"filtered_{pct}pct": exact(data, queries[:200], ids) for pct, ids in allowed.items()})
         flat = None
-        for kind in sorted(args.kinds.split(","), key=lambda k: k != "flat"):  # exact first: the ANN ratios need it
-            result = bench_kind(kind, data, queries, truths, allowed, flat)
-            if kind == "flat":
+        for name, kind, params in runs:
+            result = bench_kind(kind, data, queries, truths, allowed, flat, params)
+            if name == "flat":
                 flat = result
-            report["results"][f"{kind}@{n}"] = result
+            report["results"][f"{name}@{n}"] = result
             if not args.json:
-                print(f"{kind:>8} n={n:<9,} {json.dumps(result)}", flush=True)
+                print(f"{name:>8} n={n:<9,} {json.dumps(result)}", flush=True)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

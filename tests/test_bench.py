@@ -60,3 +60,18 @@ def test_powerlaw_spread_has_the_isotropic_total_variance_along_a_decaying_spect
     assert spread_basis(32, "isotropic", np.random.default_rng(0)) is None
     with pytest.raises(ValueError, match="unknown data model"):
         spread_basis(32, "uniform", np.random.default_rng(0))
+
+
+def test_search_benchmark_runs_a_variant_store_beside_the_kinds(capsys: pytest.CaptureFixture, monkeypatch) -> None:  # noqa: ANN001
+    """`--variant NAME=KIND:JSON` adds a store with explicit params (how the IVF-PQ of before is measured against
+    today's in one run), reported under its name with those params in force."""
+    from bench.search import main as search_main
+
+    variant = 'pq8=ivf_pq:{"nbits": 8, "refine": "sq8", "refine_factor": 16}'
+    argv = ["bench.search", "--sizes", "3000", "--queries", "20", "--kinds", "flat", "--variant", variant, "--json"]
+    monkeypatch.setattr("sys.argv", argv)
+    search_main()
+    results = json.loads(capsys.readouterr().out)["results"]
+    assert set(results) == {"flat@3000", "pq8@3000"}
+    assert results["pq8@3000"]["params"]["refine"] == "sq8" and results["pq8@3000"]["params"]["refine_factor"] == 16
+    assert results["pq8@3000"]["operating_points"]["points"]
