@@ -8,12 +8,13 @@ Sizing (n = number of vectors the index is built for):
   of d): d/4 bytes per vector, scanned by faiss's fast-scan kernels (`IndexIVFPQFastScan`, look-up tables in SIMD
   registers), which need 624 training vectors (16 centroids x 39 points). An explicit `nbits` of 5-8 builds a plain
   `IndexIVFPQ` (m = 2·d/nbits by default: the same d/4 bytes; fewer bits below 39·2^nbits training vectors);
-  `on_disk` stores default to 8 bits, whose lists faiss can memory-map, and to the 8-bit copy. The top refine_factor·k candidates (64·k) are re-scored with a float16 copy of
-  each vector (`refine`: "fp16", 2·d bytes; "sq8" halves it): the re-rank, not the lists, capped recall. At 1M x 64
-  (bench/search.py data) the fast-scan store reaches recall@10 0.96 (isotropic) / 0.98 (power-law) at its defaults
-  in 1.5-2.1 ms a query, where the 8-bit `IndexIVFPQ` with an 8-bit copy it replaced needed 5-6 ms for 0.91 / 0.96:
-  the 8-bit copy's score error alone cost ~3 points, and fast scan makes a 4x wider probe cheaper than the old
-  narrow one (bench/RESULTS.md, "IVF-PQ fast scan").
+  `on_disk` stores default to 8 bits, whose lists faiss can memory-map, and to the 8-bit copy.
+  The top refine_factor·k candidates (64·k) are re-scored with a float16 copy of each vector (`refine`: "fp16",
+  2·d bytes; "sq8" halves it): the re-rank, not the lists, capped recall. At 1M x 64 (bench/search.py data) the
+  fast-scan store reaches recall@10 0.96 (isotropic) / 0.98 (power-law) at its defaults in 1.3-1.6 ms a query;
+  the 8-bit codes and copy it replaced reached 0.91 (isotropic) at the same nprobe in 2.8 ms and never 0.95: the
+  8-bit copy's score error alone cost ~3 points, and fast scan makes a 4x wider probe cheaper than the old narrow
+  one (bench/RESULTS.md, "IVF-PQ fast scan").
 - HNSW: M = 32 links per node; efConstruction and efSearch grow with the number of vectors indexed (`hnsw_ef_search`,
   `hnsw_ef_construction`), because a graph over more vectors needs a wider search for the same recall: on the
   clustered d=64 data of bench/search.py, efSearch 128 gives recall@10 0.96 at 100k but 0.76 at 1M. Measured at 1M:
@@ -70,8 +71,8 @@ FASTSCAN_NBITS = 4
 MAPPABLE_PQ_NBITS = 8  # faiss memory-maps plain IVF lists only, so on_disk stores default to 8-bit codes
 PQ_CODE_BITS_PER_DIM = 2  # m x nbits = 2·d bits: d/4 bytes per vector, at any nbits
 # IVF-Flat probes 1/16 of its lists by default. Fast-scan IVF-PQ scans its codes so much faster that it probes
-# 1/4 and re-ranks 64·k candidates: recall@10 0.96-0.98 at 1M x 64 (isotropic / power-law data) for 1.5-2.1 ms,
-# where 1/16 and 16·k gave 0.78-0.85 (bench/RESULTS.md, "IVF-PQ fast scan").
+# 1/4 and re-ranks 64·k candidates: recall@10 0.96-0.98 at 1M x 64 (isotropic / power-law data) for 1.3-1.6 ms,
+# where 1/16 gave 0.82-0.91 (bench/RESULTS.md, "IVF-PQ fast scan").
 IVF_PROBE_SHARE = 16
 PQ_PROBE_SHARE = 4
 PQ_REFINE_FACTOR = 64
