@@ -417,15 +417,20 @@ def _lock_or_busy(live: LiveCollection) -> None:
 
 
 def migration_state(engine: Engine, collection: str) -> MigrationState:
+    # The job before the spaces: a switch commits the new serving space and the job's "done" together, so spaces
+    # read after the job are never older than the state it shows. Read the other way round, a switch committing in
+    # between showed a finished migration beside the encoder it had replaced.
+    with session_scope(engine.sessions) as session:
+        row = repo.get_collection(session, collection)
+        jobs = repo.list_jobs(session, collection_id=row.id, limit=1000)
+        latest = next((job for job in jobs if job.kind == MIGRATE_KIND), None)
+        gate = (latest.params or {}).get("gate") if latest is not None else None
+    job = engine.get_job(latest.id) if latest is not None else None
     with session_scope(engine.sessions) as session:
         row = repo.get_collection(session, collection)
         shadow = spaces.get_space(session, row.id, "shadow")
         previous = spaces.get_space(session, row.id, "previous")
-        jobs = repo.list_jobs(session, collection_id=row.id, limit=1000)
-        latest = next((job for job in jobs if job.kind == MIGRATE_KIND), None)
         serving, storage = spaces.serving_space(row), row.storage
-    job = engine.get_job(latest.id) if latest is not None else None
-    gate = (latest.params or {}).get("gate") if latest is not None else None
     return MigrationState(collection, storage, serving, shadow, previous, job, gate)
 
 
