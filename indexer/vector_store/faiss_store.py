@@ -83,6 +83,7 @@ REFINE_DEFAULT = "fp16"
 # A store keeps an id -> row table for its re-rank copy while its largest id is within this many times its count.
 ROW_TABLE_SLACK = 8
 ROW_TABLE_FLOOR = 1 << 20
+SCRATCH_MAX_BYTES = 16 << 20  # the re-rank's reused buffers, at most (640 candidates x 768 floats: 2 MB)
 _SEED = 1234
 
 
@@ -401,7 +402,9 @@ class IVFPQStore(IVFFlatStore):
         fresh array that size is a fresh mapping whose page faults cost more than the re-rank itself on this VM."""
         buffer = self._buffers.get(name)
         if buffer is None or len(buffer) < rows or buffer.shape[1] != width:
-            buffer = self._buffers[name] = np.empty((max(rows, 1), width), dtype=dtype)
+            buffer = np.empty((max(rows, 1), width), dtype=dtype)
+            if buffer.nbytes <= SCRATCH_MAX_BYTES:  # a search for thousands of results does not pin its buffer
+                self._buffers[name] = buffer
         return buffer[:rows]
 
     def _index_search(self, queries: np.ndarray, k: int, params) -> tuple[np.ndarray, np.ndarray]:

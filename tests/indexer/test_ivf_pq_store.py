@@ -149,3 +149,17 @@ def test_scores_are_the_copys_inner_products(data, nprobe: int) -> None:
         rows = np.searchsorted(ids, found.ids)
         np.testing.assert_allclose(found.scores, np.einsum("qd,qkd->qk", queries, x[rows]), atol=2e-3)
         assert (np.diff(found.scores, axis=1) <= 0).all()
+
+
+def test_a_search_for_many_results_does_not_keep_its_buffers(data, monkeypatch: pytest.MonkeyPatch) -> None:
+    import indexer.vector_store.faiss_store as faiss_store
+
+    ids, x, q = data
+    store = create_vector_store("ivf_pq", DIM)
+    store.add(ids, x)
+    store.search(q[:1], K)
+    kept = {name: buffer.nbytes for name, buffer in store._buffers.items()}
+    assert kept["vectors"] == K * 64 * DIM * 4
+    monkeypatch.setattr(faiss_store, "SCRATCH_MAX_BYTES", kept["vectors"])
+    many = store.search(q[:1], 5 * K)  # 5x the candidates: answered, its buffer not kept
+    assert (many.ids >= 0).all() and {n: b.nbytes for n, b in store._buffers.items()} == kept
