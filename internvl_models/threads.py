@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 import torch
@@ -55,11 +56,8 @@ class CpuThreads:
         """`forward()` on the thread count its kind and size call for; its duration decides the next choice."""
         if not self.on_cpu or self.full == 1:
             return forward()
-        torch.set_num_threads(self.threads_for(kind, items))
-        try:
+        with intra_op_threads(self.threads_for(kind, items), full=self.full):
             return self._timed(kind, items, forward)
-        finally:
-            torch.set_num_threads(self.full)
 
     def _timed(self, kind: str, items: int, forward: Callable[[], R]) -> R:
         start = time.perf_counter()
@@ -67,6 +65,17 @@ class CpuThreads:
         with self._lock:
             self._last_s[(kind, _bucket(items))] = time.perf_counter() - start
         return result
+
+
+@contextmanager
+def intra_op_threads(count: int, *, full: int = CONFIGURED_THREADS) -> Iterator[None]:
+    """torch ops in the block on `count` intra-op threads in this thread; then the full count back (the call also
+    sets the process-wide default that new threads read once: see the module doc)."""
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(full)
 
 
 def _bucket(items: int) -> int:

@@ -159,14 +159,10 @@ def float16_into(values: np.ndarray, out: np.ndarray) -> np.ndarray:
     never need it."""
     import torch
 
-    from internvl_models.threads import CONFIGURED_THREADS
+    from internvl_models.threads import intra_op_threads
 
-    torch.set_num_threads(1)
-    try:
+    with intra_op_threads(1):
         torch.from_numpy(out).copy_(torch.from_numpy(values))
-    finally:
-        # The full count back (torch.set_num_threads also sets the process-wide default new threads read once).
-        torch.set_num_threads(CONFIGURED_THREADS)
     return out
 
 
@@ -387,10 +383,10 @@ class IVFPQStore(IVFFlatStore):
             return out
         rows = faiss.downcast_index(self._refine.index)
         codes = faiss.rev_swig_ptr(rows.codes.data(), rows.ntotal * rows.code_size).reshape(-1, rows.code_size)
-        if rows.sq.qtype != faiss.ScalarQuantizer.QT_fp16:
-            out[:] = rows.sa_decode(codes[table[ids]])
-            return out
         found = table[ids]
+        if rows.sq.qtype != faiss.ScalarQuantizer.QT_fp16:
+            out[:] = rows.sa_decode(codes[found])
+            return out
         if reuse:
             picked = np.take(codes, found, axis=0, out=self._scratch("codes", len(ids), rows.code_size, np.uint8))
         else:
