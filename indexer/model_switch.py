@@ -43,7 +43,7 @@ from indexer.evaluation import (
     load_classification_set,
     load_retrieval_set,
 )
-from indexer.jobs import LOCK_POLL_S, JobInfo
+from indexer.jobs import LOCK_POLL_S, JobInfo, job_info
 from indexer.live import LiveCollection, Space, target_kind
 from indexer.reembed import Outcome, embed_missing, space_embeddings
 from indexer.storage import WriteLock
@@ -425,7 +425,7 @@ def migration_state(engine: Engine, collection: str) -> MigrationState:
         jobs = repo.list_jobs(session, collection_id=row.id, limit=1000)
         latest = next((job for job in jobs if job.kind == MIGRATE_KIND), None)
         gate = (latest.params or {}).get("gate") if latest is not None else None
-    job = engine.get_job(latest.id) if latest is not None else None
+        job = job_info(session, latest, row.name) if latest is not None else None
     with session_scope(engine.sessions) as session:
         row = repo.get_collection(session, collection)
         shadow = spaces.get_space(session, row.id, "shadow")
