@@ -233,7 +233,15 @@ def main() -> None:
     for variant in args.variant:  # exact first (the ANN ratios need it), then the kinds, then the variants
         name, _, spec = variant.partition("=")
         kind, _, params = spec.partition(":")
-        runs.append((name, kind, json.loads(params or "{}")))
+        try:
+            params = json.loads(params or "{}")
+        except json.JSONDecodeError as exc:
+            parser.error(f"--variant {variant!r}: the params are not JSON ({exc})")
+        if not name or kind not in list_vector_store_kinds() or not isinstance(params, dict):
+            parser.error(
+                f"--variant {variant!r}: expected NAME=KIND:JSON-object, KIND one of {list_vector_store_kinds()}"
+            )
+        runs.append((name, kind, params))
     rng = np.random.default_rng(0)
     report = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, faiss {faiss.__version__}, "

@@ -75,3 +75,13 @@ def test_search_benchmark_runs_a_variant_store_beside_the_kinds(capsys: pytest.C
     assert set(results) == {"flat@3000", "pq8@3000"}
     assert results["pq8@3000"]["params"]["refine"] == "sq8" and results["pq8@3000"]["params"]["refine_factor"] == 16
     assert results["pq8@3000"]["operating_points"]["points"]
+
+
+@pytest.mark.parametrize("variant", ["pq8", "pq8=nope:{}", "pq8=ivf_pq:{nbits: 8}", "pq8=ivf_pq:[8]", "=ivf_pq:{}"])
+def test_search_benchmark_refuses_a_malformed_variant(variant: str, capsys: pytest.CaptureFixture, monkeypatch) -> None:  # noqa: ANN001
+    from bench.search import main as search_main
+
+    monkeypatch.setattr("sys.argv", ["bench.search", "--sizes", "3000", "--variant", variant])
+    with pytest.raises(SystemExit) as exit_:
+        search_main()
+    assert exit_.value.code == 2 and "--variant" in capsys.readouterr().err
