@@ -212,6 +212,19 @@ def operating_points(kind: str, store, queries: np.ndarray, truth: np.ndarray, f
     return report
 
 
+def parse_variant(parser: argparse.ArgumentParser, variant: str) -> tuple[str, str, dict]:
+    """(name, kind, params) of a `--variant NAME=KIND:JSON`; a malformed one is a CLI error."""
+    name, _, spec = variant.partition("=")
+    kind, _, params = spec.partition(":")
+    try:
+        params = json.loads(params or "{}")
+    except json.JSONDecodeError as exc:
+        parser.error(f"--variant {variant!r}: the params are not JSON ({exc})")
+    if not name or kind not in list_vector_store_kinds() or not isinstance(params, dict):
+        parser.error(f"--variant {variant!r}: expected NAME=KIND:JSON-object, KIND one of {list_vector_store_kinds()}")
+    return name, kind, params
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="100000", help="comma-separated collection sizes")
@@ -229,19 +242,9 @@ def main() -> None:
     )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    # Exact first (the ANN ratios need it), then the kinds, then the variants.
     runs = [(kind, kind, None) for kind in sorted(args.kinds.split(","), key=lambda k: k != "flat")]
-    for variant in args.variant:  # exact first (the ANN ratios need it), then the kinds, then the variants
-        name, _, spec = variant.partition("=")
-        kind, _, params = spec.partition(":")
-        try:
-            params = json.loads(params or "{}")
-        except json.JSONDecodeError as exc:
-            parser.error(f"--variant {variant!r}: the params are not JSON ({exc})")
-        if not name or kind not in list_vector_store_kinds() or not isinstance(params, dict):
-            parser.error(
-                f"--variant {variant!r}: expected NAME=KIND:JSON-object, KIND one of {list_vector_store_kinds()}"
-            )
-        runs.append((name, kind, params))
+    runs += [parse_variant(parser, variant) for variant in args.variant]
     rng = np.random.default_rng(0)
     report = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, faiss {faiss.__version__}, "
