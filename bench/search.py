@@ -25,6 +25,11 @@ Per kind and size: build seconds; batch QPS (all queries in one call, all cores)
 against exact inner-product search; and the same for filtered searches where 1% and 10% of the ids are allowed (the
 engine's metadata filters), whose recall is measured against exact search over the allowed ids.
 
+Live updates (what a collection being indexed while it serves pays): batches of `UPDATE_BATCH` new vectors (new
+draws from the same mixture) are added one at a time, each followed by one query (its latency is the first search
+after a change, which pays for anything the store rebuilds lazily), then the same batches are removed. Reported as
+p50 ms per batch added / removed and the p50 of the search after an add, beside the steady single-query p50 above.
+
 Exact (flat) single-query latency is also set against its memory-bandwidth bound: one query reads every vector
 once (n x d x 4 bytes), so it cannot take less than those bytes / the read bandwidth of one core, measured in the
 same process (`read_bandwidth`, the best of a few passes over a 512 MiB array) just before the latencies.
@@ -51,6 +56,8 @@ DATA_MODELS = ("isotropic", "powerlaw")
 LID_NEIGHBOURS = 100
 TARGET_RECALL = 0.95
 # Efforts tried for the operating points (clipped to what the index has: every node, every list).
+UPDATE_BATCH = 32
+UPDATE_ROUNDS = 20
 EFFORTS = {"hnsw": [16, 32, 64, 128, 256, 512, 1024], "ivf": [4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048]}
 
 
@@ -118,6 +125,29 @@ def latencies(store, queries: np.ndarray, allowed: np.ndarray | None = None) -> 
     return float(np.percentile(times, 50) * 1e3), float(np.percentile(times, 99) * 1e3)
 
 
+def live_updates(store, fresh: np.ndarray, first_id: int, query: np.ndarray) -> dict:  # noqa: ANN001
+    """p50 ms to add a batch of `fresh` vectors, of the search right after it, and to remove a batch (see above)."""
+    adds, searches, removes = [], [], []
+    batches = [
+        (np.arange(first_id + at, first_id + at + UPDATE_BATCH, dtype=np.int64), fresh[at : at + UPDATE_BATCH])
+        for at in range(0, len(fresh) - UPDATE_BATCH + 1, UPDATE_BATCH)
+    ]
+    with one_omp_thread():
+        for ids, vectors in batches:
+            start = time.perf_counter()
+            store.add(ids, vectors)
+            adds.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            store.search(query[None], K)
+            searches.append(time.perf_counter() - start)
+        for ids, _ in batches:
+            start = time.perf_counter()
+            store.remove(ids)
+            removes.append(time.perf_counter() - start)
+    p50 = lambda times: round(float(np.percentile(times, 50) * 1e3), 3)  # noqa: E731
+    return {"add_p50_ms": p50(adds), "search_after_add_p50_ms": p50(searches), "remove_p50_ms": p50(removes)}
+
+
 def read_bandwidth(repeats: int = 5) -> float:
     """Bytes/s one thread reads: the best of `repeats` matrix-vector products over a 512 MiB float32 matrix (what
     a single-query flat scan does: stream every vector once, two FLOPs per 4 bytes), on one torch thread."""
@@ -145,6 +175,7 @@ def bench_kind(  # noqa: ANN001
     truths: dict[str, np.ndarray],
     allowed,
     flat: dict | None,
+    fresh: np.ndarray,
     params: dict | None = None,
 ) -> dict:
     ids = np.arange(len(data), dtype=np.int64)
@@ -177,6 +208,8 @@ def bench_kind(  # noqa: ANN001
     report["params"] = {k: v for k, v in store.params.items() if k != "trained_on"}
     if not store.exact:
         report["operating_points"] = operating_points(kind, store, queries, truths["all"], flat)
+    # Last: the updates change the store the figures above describe.
+    report[f"updates_of_{UPDATE_BATCH}"] = live_updates(store, fresh, len(data), queries[0])
     return report
 
 
@@ -261,6 +294,8 @@ def main() -> None:
         data = clustered(n, args.dim, rng, middle, basis)
         # Queries are new draws from the same mixture (as a text query is not a copy of an indexed image).
         queries = clustered(args.queries, args.dim, rng, middle, basis)
+        # From a generator of its own, so that the data, queries and filters stay those of earlier runs.
+        fresh = clustered(UPDATE_BATCH * UPDATE_ROUNDS, args.dim, np.random.default_rng(n), middle, basis)
         report.setdefault("lid", {})[str(n)] = round(local_intrinsic_dimension(data, queries[:200]), 1)
         if not args.json:
             print(f"n={n:,} {args.data}: local intrinsic dimension {report['lid'][str(n)]} (d={args.dim})", flush=True)
@@ -271,7 +306,7 @@ def main() -> None:
         truths.update({f"filtered_{pct}pct": exact(data, queries[:200], ids) for pct, ids in allowed.items()})
         flat = None
         for name, kind, params in runs:
-            result = bench_kind(kind, data, queries, truths, allowed, flat, params)
+            result = bench_kind(kind, data, queries, truths, allowed, flat, fresh, params)
             if name == "flat":
                 flat = result
             report["results"][f"{name}@{n}"] = result
