@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from indexer.errors import CorruptData, InvalidInput
-from indexer.vector_store.base import as_id_array, atomic_write, check_ids, check_vectors, fsync_dir
+from indexer.vector_store.base import as_id_array, atomic_write, check_ids, check_vectors, distinct_sorted, fsync_dir
 
 _SHARD_NAME = re.compile(r"(\d{10})\.(add|del)\.([0-9a-f]{32})\.npy")
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
@@ -90,7 +90,7 @@ class EmbeddingStore:
 
     def delete(self, ids: Any) -> None:
         """Record that `ids` are gone (ids never stored are fine)."""
-        ids = np.unique(as_id_array(ids))
+        ids = distinct_sorted(as_id_array(ids))
         if len(ids):
             self._write("del", ids)
 

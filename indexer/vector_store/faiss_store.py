@@ -342,31 +342,51 @@ class IVFPQStore(IVFFlatStore):
         return index
 
     def _add_to_index(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        first_row = self._refine.ntotal
         self._index.add_with_ids(vectors, ids)
         self._refine.add_with_ids(vectors, ids)
+        self._rows = self._extended_rows(ids, first_row)
 
     def _remove_from_index(self, ids: np.ndarray) -> None:
         self._index.remove_ids(faiss.IDSelectorBatch(ids))
         self._refine.remove_ids(faiss.IDSelectorBatch(ids))
-
-    def _changed(self) -> None:
-        self._rows = None
-        super()._changed()
+        self._rows = None  # the copy closes the gaps: every later row moves
 
     def _row_table(self) -> np.ndarray | None:
         """id -> row of the re-rank copy (-1: absent), indexed by id; None when the ids are too sparse for one.
 
-        Built from the copy's id list after each change. Finding 640 random candidates through it and gathering
-        their rows takes a fraction of the copy's own per-id hash lookups (bench/RESULTS.md, "IVF-PQ fast scan")."""
+        Built from the copy's id list at the first search after a load or a removal, and extended in place by adds.
+        Finding 640 random candidates through it and gathering their rows takes a fraction of the copy's own per-id
+        hash lookups (bench/RESULTS.md, "IVF-PQ fast scan")."""
         if self._rows is None:
             ids = faiss.vector_to_array(self._refine.id_map)
             top = int(ids.max()) + 1 if len(ids) else 0
-            if len(ids) and int(ids.min()) >= 0 and top <= ROW_TABLE_SLACK * len(ids) + ROW_TABLE_FLOOR:
+            if len(ids) and int(ids.min()) >= 0 and self._dense_enough(top, len(ids)):
                 self._rows = np.full(top, -1, dtype=np.int32 if len(ids) < 2**31 else np.int64)
                 self._rows[ids] = np.arange(len(ids))
             else:
                 self._rows = np.empty(0, dtype=np.int64)  # marks "too sparse": the copy's hash map is used
         return self._rows if len(self._rows) else None
+
+    @staticmethod
+    def _dense_enough(top: int, count: int) -> bool:
+        return top <= ROW_TABLE_SLACK * count + ROW_TABLE_FLOOR and count < 2**31
+
+    def _extended_rows(self, ids: np.ndarray, first_row: int) -> np.ndarray | None:
+        """The row table after an add put `ids` at rows first_row... of the copy: the built table with them set
+        (grown by half when they pass its end, so a stream of new ids copies it O(log n) times), or None (rebuild
+        at the next search) when there is none or the ids no longer are dense. Rebuilding after every batch cost
+        ~10 ms at 1M vectors, more than the search that paid for it."""
+        table = self._rows
+        top = int(ids.max()) + 1
+        if table is None or not len(table) or not self._dense_enough(top, self._refine.ntotal):
+            return None
+        if top > len(table):
+            grown = np.full(max(top, len(table) + len(table) // 2), -1, dtype=table.dtype)
+            grown[: len(table)] = table
+            table = grown
+        table[ids] = np.arange(first_row, first_row + len(ids))
+        return table
 
     def _reconstruct(self, ids: np.ndarray) -> np.ndarray:
         """The vectors of `ids` (all held) as the re-rank copy has them (float16: cosine error ~1e-4)."""

@@ -180,7 +180,7 @@ class ShardedStore:
             return added
 
     def remove(self, ids: Any) -> int:
-        ids = np.unique(as_id_array(ids))
+        ids = distinct_sorted(as_id_array(ids))
         with self._lock:
             removed = 0
             parts = self._split(ids)

@@ -83,6 +83,41 @@ def test_row_table_follows_removals_and_re_adds(data) -> None:
     np.testing.assert_array_equal(found, np.unique(gone))
 
 
+def test_adds_extend_the_row_table_in_place(data) -> None:
+    """Batches added after the table exists (new ids past its end, ids in its gaps, out of order) are written into
+    it, not rebuilt from the copy's id list; the rows it gives are the copy's own, as a rebuilt table's would be."""
+    ids, x, q = data
+    store = create_vector_store("ivf_pq", DIM)
+    store.add(ids[:8000], x[:8000])
+    store.search(q, K)
+    rng = np.random.default_rng(3)
+    batches = [ids[8000:9000], rng.permutation(ids[9000:12000]), np.arange(1001, 25_000, 3)[:500]]  # last: gaps
+    extra = clustered(500, DIM, rng, x[:40])
+    for batch in batches:
+        table = store._rows
+        store.add(batch, extra if len(batch) == 500 else x[np.searchsorted(ids, batch)])
+        assert store._rows is not None and (store._rows is table or len(store._rows) > len(table))
+    held = store.ids()
+    extended = store._row_table().copy()
+    store._rows = None  # what a rebuild gives
+    rebuilt = store._row_table()
+    np.testing.assert_array_equal(extended[held], rebuilt[held])
+    assert (extended[np.setdiff1d(np.arange(len(extended)), held)] == -1).all()
+    np.testing.assert_array_equal(store._reconstruct(held), store._refine.reconstruct_batch(held))
+
+
+def test_an_add_that_makes_the_ids_sparse_drops_the_row_table(data) -> None:
+    ids, x, q = data
+    store = create_vector_store("ivf_pq", DIM)
+    store.add(ids, x)
+    store.search(q, K)
+    far = np.array([1 << 40], dtype=np.int64)
+    store.add(far, x[:1])
+    assert store._row_table() is None  # the copy's hash map from now on
+    np.testing.assert_array_equal(store._reconstruct(far), store._refine.reconstruct_batch(far))
+    assert store.search(x[:1], 2).ids[0].tolist() in ([ids[0], far[0]], [far[0], ids[0]])
+
+
 def test_explicit_eight_bit_codes_and_eight_bit_copy(data) -> None:
     ids, x, q = data
     store = create_vector_store("ivf_pq", DIM, params={"nbits": 8, "refine": "sq8"})

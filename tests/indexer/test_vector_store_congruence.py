@@ -21,7 +21,7 @@ from indexer.vector_store import (
     rebuild_vector_store,
     resolve_kind,
 )
-from indexer.vector_store.base import distinct_sorted
+from indexer.vector_store.base import distinct_sorted, merge_disjoint, without
 from indexer.vector_store.flat import overfetch_search
 
 # One OpenMP thread (tests/indexer/conftest.py): small faiss builds on a busy 2-core box.
@@ -124,6 +124,44 @@ def test_add_and_remove(kind: str) -> None:
     else:
         assert store.add(gone[:5], x[:10:2]) == 5
         assert np.isin(gone[:5], store.ids()).all()
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_ids_stay_sorted_and_exact_through_mixed_adds_and_removes(kind: str) -> None:
+    """Batches in any order (ids growing, in the gaps, shuffled, partly present) and removals (partly unknown,
+    repeated): the store's ids, its tombstones and what a search can return stay exactly what a set says."""
+    rng = np.random.default_rng(5)
+    ids, x, _ = clustered(2_000, 20, seed=2)
+    store = create_vector_store(kind, DIM, use_gpu=False)
+    held: set[int] = set()
+    removed: set[int] = set()
+    for step in range(12):
+        batch = rng.choice(4_000, 150, replace=False) if step % 3 else np.arange(step * 300, step * 300 + 150)
+        batch = np.array([i for i in batch if i not in removed or kind != "hnsw"], dtype=np.int64)
+        assert store.add(batch, x[batch % len(x)]) == len(set(batch.tolist()) - held)
+        held |= set(batch.tolist())
+        gone = rng.choice(4_000, 60)  # repeats and ids never added among them
+        assert store.remove(gone) == len(held & set(gone.tolist()))
+        removed |= held & set(gone.tolist())
+        held -= set(gone.tolist())
+        assert store.ids().tolist() == sorted(held)
+        if kind == "hnsw":
+            assert store._tombstones.tolist() == sorted(removed)
+    assert set(store.search(x[:20], 50).ids.ravel().tolist()) - {-1} <= held
+
+
+def test_sorted_id_set_helpers_match_numpy() -> None:
+    rng = np.random.default_rng(11)
+    for _ in range(50):
+        universe = rng.permutation(rng.integers(1, 500)) + rng.integers(0, 1 << 40)
+        split = rng.integers(0, len(universe) + 1)
+        a, b = np.sort(universe[:split]), np.sort(universe[split:])
+        np.testing.assert_array_equal(merge_disjoint(a, b), np.union1d(a, b))
+        np.testing.assert_array_equal(merge_disjoint(b, a), np.union1d(a, b))
+        present = np.sort(rng.choice(a, rng.integers(0, len(a) + 1), replace=False)) if len(a) else a
+        np.testing.assert_array_equal(without(a, present), np.setdiff1d(a, present))
+        shuffled = rng.choice(universe, len(universe) * 2)
+        np.testing.assert_array_equal(distinct_sorted(shuffled), np.unique(shuffled))
 
 
 @pytest.mark.parametrize("kind", KINDS)
