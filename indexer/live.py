@@ -232,8 +232,13 @@ class LiveCollection:
         self.changed()
 
     def maintain(self, embeddings: EmbeddingStore) -> bool:
-        """After a job: switch to the kind the collection's size calls for, re-train a grown IVF index, or drop
-        HNSW tombstones. Returns True when the store was rebuilt."""
+        """After a job: merge the embedding shards it wrote (`EmbeddingStore.settle`), then switch to the kind the
+        collection's size calls for, re-train a grown IVF index, or drop HNSW tombstones. Returns True when the
+        store was rebuilt."""
+        try:
+            embeddings.settle()
+        except (CorruptData, OSError) as exc:  # housekeeping: the shards stay as they were, the job stands
+            log.warning("embedding shards not merged", extra={"collection": self.name, "error": str(exc)})
         store, n = self.store, len(self.store)
         want = target_kind(self.index_kind, n)
         trained_on = int(store.params.get("trained_on", n) or n)

@@ -85,3 +85,38 @@ def test_search_benchmark_refuses_a_malformed_variant(variant: str, capsys: pyte
     with pytest.raises(SystemExit) as exit_:
         search_main()
     assert exit_.value.code == 2 and "--variant" in capsys.readouterr().err
+
+
+def test_search_benchmark_reports_live_updates(capsys: pytest.CaptureFixture, monkeypatch) -> None:  # noqa: ANN001
+    from bench.search import main as search_main
+
+    argv = ["bench.search", "--sizes", "3000", "--queries", "20", "--kinds", "flat,ivf_flat", "--json"]
+    monkeypatch.setattr("sys.argv", argv)
+    search_main()
+    results = json.loads(capsys.readouterr().out)["results"]
+    for result in results.values():
+        updates = result["updates_of_32"]
+        assert set(updates) == {"add_p50_ms", "search_after_add_p50_ms", "remove_p50_ms"}
+        assert all(value > 0 for value in updates.values())
+
+
+def test_embeddings_benchmark_settles_one_shard_per_batch(capsys: pytest.CaptureFixture, monkeypatch) -> None:  # noqa: ANN001
+    from bench.embeddings import main as embeddings_main
+
+    argv = ["bench.embeddings", "--rows", "640", "--dim", "16", "--jobs", "30", "--json"]
+    monkeypatch.setattr("sys.argv", argv)
+    embeddings_main()
+    report = json.loads(capsys.readouterr().out)
+    assert report["shards_one_per_batch"] == 20 and report["shards_settled"] == 1
+    stream = report["job_stream"]
+    assert stream["jobs"] == 30 and 2 <= stream["most_shards"] <= 8
+    assert 0 < stream["bytes_rewritten_per_byte_appended"] < 10
+
+
+def test_embeddings_benchmark_refuses_bad_sizes(capsys: pytest.CaptureFixture, monkeypatch) -> None:  # noqa: ANN001
+    from bench.embeddings import main as embeddings_main
+
+    monkeypatch.setattr("sys.argv", ["bench.embeddings", "--rows", "0"])
+    with pytest.raises(SystemExit) as exit_:
+        embeddings_main()
+    assert exit_.value.code == 2 and "--rows" in capsys.readouterr().err

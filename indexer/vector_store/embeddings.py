@@ -10,6 +10,14 @@ in the name covers the whole file, so a truncated or altered shard is reported (
 garbage. float16 halves the disk and memory cost; for L2-normalised vectors its ~1e-3 relative error changes
 inner-product rankings only between near-ties.
 
+A job writes a shard per batch (32 images: 31k files for 1M images, each read, checksummed and parsed whenever the
+index is rebuilt from them), so `settle` merges the newest shards wherever one is smaller than MERGE_RATIO times all
+newer shards together, in runs of at most MERGE_MAX_BYTES: past the last sealed shard sizes fall geometrically, a
+collection keeps (bytes / MERGE_MAX_BYTES) + O(log n) shards however it was fed, and a row is rewritten
+O(log MERGE_MAX_BYTES) times before its shard is sealed. A run of consecutive shards is replaced by files at its
+last sequence number (its adds, and its deletions, which may hide older rows), so a merge need not include the
+newest shards. The engine settles after each job; `compact` merges everything into one shard.
+
 One writer per directory at a time (the engine serialises writes per collection); readers may run concurrently.
 """
 
@@ -27,10 +35,23 @@ from typing import Any
 import numpy as np
 
 from indexer.errors import CorruptData, InvalidInput
-from indexer.vector_store.base import as_id_array, atomic_write, check_ids, check_vectors, distinct_sorted, fsync_dir
+from indexer.vector_store.base import (
+    as_id_array,
+    atomic_write,
+    check_ids,
+    check_vectors,
+    distinct_sorted,
+    fsync_dir,
+    sorted_contains,
+)
 
 _SHARD_NAME = re.compile(r"(\d{10})\.(add|del)\.([0-9a-f]{32})\.npy")
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
+# `settle` keeps every shard at least this many times the bytes of all newer shards together,
+MERGE_RATIO = 2
+# merging at most this many bytes of shards at a time (a merge holds about four times that in memory while it
+# writes); a shard of at least half of it is left alone (sealed), since merging two such would pass it.
+MERGE_MAX_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -95,14 +116,15 @@ class EmbeddingStore:
             self._write("del", ids)
 
     def _write(self, kind: str, array: np.ndarray) -> None:
-        buffer = io.BytesIO()
-        np.save(buffer, array, allow_pickle=False)
-        data = buffer.getvalue()
-        checksum = hashlib.sha256(data).hexdigest()[:32]
         with self._lock:
             seq = self._next_seq
             self._next_seq += 1
-            atomic_write(self.directory / f"{seq:010d}.{kind}.{checksum}.npy", [data])
+            self._write_at(seq, kind, _encoded(array))
+
+    def _write_at(self, seq: int, kind: str, data: bytes) -> Path:
+        path = self.directory / f"{seq:010d}.{kind}.{hashlib.sha256(data).hexdigest()[:32]}.npy"
+        atomic_write(path, [data])
+        return path
 
     def _read(self, shard: _Shard) -> np.ndarray:
         data = shard.path.read_bytes()
@@ -126,8 +148,14 @@ class EmbeddingStore:
 
     def load_all(self) -> tuple[np.ndarray, np.ndarray]:
         """Live ids (sorted int64) and their vectors as float32 (n, dim)."""
+        ids, vectors, _ = self._net_effect(self._shards())
+        return ids, vectors.astype(np.float32)
+
+    def _net_effect(self, shards: list[_Shard]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """What `shards` (in seq order) say together: the ids they leave live (sorted) with their float16 vectors,
+        and the ids whose last word in them is a deletion (sorted)."""
         add_ids, add_seqs, add_vecs, del_ids, del_seqs = [], [], [], [], []
-        for shard in self._shards():
+        for shard in shards:
             array = self._read(shard)
             if shard.kind == "add":
                 add_ids.append(array["id"])
@@ -136,36 +164,71 @@ class EmbeddingStore:
             else:
                 del_ids.append(array)
                 del_seqs.append(np.full(len(array), shard.seq, dtype=np.int64))
-        if not add_ids:
-            return np.empty(0, dtype=np.int64), np.empty((0, self.dim), dtype=np.float32)
-        ids, seqs = np.concatenate(add_ids), np.concatenate(add_seqs)
+        nothing = np.empty(0, dtype=np.int64)
+        ids, seqs = np.concatenate(add_ids or [nothing]), np.concatenate(add_seqs or [nothing])
         latest = _latest_per_id(ids, seqs)  # row of each id's newest add, ordered by id
         ids, seqs = ids[latest], seqs[latest]
-        if del_ids:
-            deleted, deleted_seqs = np.concatenate(del_ids), np.concatenate(del_seqs)
-            newest = _latest_per_id(deleted, deleted_seqs)
-            del_ids_u, del_seq_u = deleted[newest], deleted_seqs[newest]
-            at = np.minimum(np.searchsorted(del_ids_u, ids), len(del_ids_u) - 1)
-            deleted_after = (del_ids_u[at] == ids) & (del_seq_u[at] > seqs)
+        deleted = np.concatenate(del_ids or [nothing])
+        newest = _latest_per_id(deleted, np.concatenate(del_seqs or [nothing]))
+        deleted, deleted_seqs = deleted[newest], np.concatenate(del_seqs or [nothing])[newest]
+        if len(deleted):
+            at = np.minimum(np.searchsorted(deleted, ids), len(deleted) - 1)
+            deleted_after = (deleted[at] == ids) & (deleted_seqs[at] > seqs)
             latest, ids = latest[~deleted_after], ids[~deleted_after]
-        return ids, np.concatenate(add_vecs)[latest].astype(np.float32)
+            deleted = deleted[~sorted_contains(ids, deleted)]  # re-added after their deletion: live
+        if not len(ids):
+            return ids, np.empty((0, self.dim), dtype=np.float16), deleted
+        return ids, np.concatenate(add_vecs)[latest], deleted
 
     def compact(self) -> None:
-        """Rewrite the live embeddings as one shard and drop the rest (tombstones included).
-
-        Crash-safe at every step: the new shard is complete before anything is deleted, and old shards go oldest
-        first, so whatever survives a crash still describes the same live set.
-        """
+        """Rewrite the live embeddings as one shard and drop the rest (tombstones included); unlike `settle`, holds
+        every vector in memory (about four times their bytes) while it writes."""
         with self._lock:
-            old = self._shards()
-            if len(old) <= 1 and all(s.kind == "add" for s in old):
-                return
-            ids, vectors = self.load_all()
-            if len(ids):
-                self.append(ids, vectors)  # float16 -> float32 -> float16 round-trips exactly
-            for shard in old:
+            shards = self._shards()
+            if len(shards) > 1 or any(s.kind == "del" for s in shards):
+                self._merge_run(shards, whole=True)
+
+    def settle(self) -> int:
+        """Merge the newest shards where they break the MERGE_RATIO rule (module docstring), in runs of at most
+        MERGE_MAX_BYTES; returns how many shards were merged (0: none was due). Reads only file sizes when nothing
+        is due."""
+        with self._lock:
+            units = _by_seq(self._shards())
+            sizes = [sum(shard.path.stat().st_size for shard in unit) for unit in units]
+            sealed = max((i for i, size in enumerate(sizes) if size >= MERGE_MAX_BYTES // 2), default=-1)
+            first = merge_start(sizes[sealed + 1 :])
+            if first is None:
+                return 0
+            first += sealed + 1
+            merged = 0
+            for run in _runs(units[first:], sizes[first:]):
+                if len(run) > 1:
+                    shards = [shard for unit in run for shard in unit]
+                    self._merge_run(shards, whole=shards[0] is units[0][0])
+                    merged += len(shards)
+            return merged
+
+    def _merge_run(self, shards: list[_Shard], whole: bool) -> None:
+        """Replace consecutive `shards` by what they say together, written at the last one's sequence number: a
+        shard of adds, and unless they are the oldest (`whole`), a shard of the ids they leave deleted (those may
+        hide older adds).
+
+        Crash-safe at every step: the new files are complete before any old one is deleted, they sit where the run
+        ends in the sequence and speak for every id it touched, so whichever of the run's old shards survive a
+        crash beside them, the directory describes the same live set."""
+        ids, vectors, deleted = self._net_effect(shards)
+        seq = shards[-1].seq
+        written = set()
+        if len(ids):
+            rows = np.empty(len(ids), dtype=self._rows_dtype())
+            rows["id"], rows["vec"] = ids, vectors  # float16 as read: no round trip
+            written.add(self._write_at(seq, "add", _encoded(rows)))
+        if len(deleted) and not whole:
+            written.add(self._write_at(seq, "del", _encoded(deleted)))
+        for shard in shards:
+            if shard.path not in written:  # the run's last shard, when it alone says what the run says
                 shard.path.unlink()
-            fsync_dir(self.directory)
+        fsync_dir(self.directory)
 
     def stats(self) -> EmbeddingStats:
         """Shard and row counts from the file headers alone (no checksum pass); a hint for when to compact."""
@@ -178,6 +241,48 @@ class EmbeddingStore:
             else:
                 deleted += rows
         return EmbeddingStats(len(shards), added, deleted)
+
+
+def _encoded(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def merge_start(sizes: list[int]) -> int | None:
+    """Index of the oldest unit that is not MERGE_RATIO times the size of all newer units together (the merge
+    takes it and everything newer), or None when every unit is."""
+    newer = 0
+    first = None
+    for index in range(len(sizes) - 1, -1, -1):
+        if sizes[index] < MERGE_RATIO * newer:
+            first = index
+        newer += sizes[index]
+    return first
+
+
+def _by_seq(shards: list[_Shard]) -> list[list[_Shard]]:
+    """Shards grouped by sequence number: a merge writes its adds and deletions at one (see `_merge_run`)."""
+    units: list[list[_Shard]] = []
+    for shard in shards:
+        if units and units[-1][0].seq == shard.seq:
+            units[-1].append(shard)
+        else:
+            units.append([shard])
+    return units
+
+
+def _runs(units: list[list[_Shard]], sizes: list[int]) -> list[list[list[_Shard]]]:
+    """Consecutive units cut into runs of at most MERGE_MAX_BYTES (a unit bigger than that is a run alone)."""
+    runs: list[list[list[_Shard]]] = []
+    total = MERGE_MAX_BYTES
+    for unit, size in zip(units, sizes):
+        if total + size > MERGE_MAX_BYTES:
+            runs.append([])
+            total = 0
+        runs[-1].append(unit)
+        total += size
+    return runs
 
 
 def _latest_per_id(ids: np.ndarray, seqs: np.ndarray) -> np.ndarray:

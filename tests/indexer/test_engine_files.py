@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hostile import cached_encoder_factory, engine_config, tiny_checkpoint, write_images
 
@@ -16,6 +17,7 @@ from indexer import Engine, IngestItem
 from indexer.catalog import repo
 from indexer.catalog.db import session_scope
 from indexer.jobs import JobInfo
+from indexer.vector_store import EmbeddingStore
 
 
 @pytest.fixture
@@ -74,6 +76,21 @@ def test_stopped_job_sweeps_then_resumes_with_every_original(engine: Engine, tmp
     indexed = indexed_shas(engine, "c")
     assert len(indexed) == 12 and stored_originals(engine, "c") == indexed
     assert all(engine.image_path("c", hit.id).is_file() for hit in engine.search("c", text="a shape", k=12))
+
+
+def test_a_job_leaves_its_embedding_shards_merged(engine: Engine, tmp_path: Path) -> None:
+    """A job writes a shard per batch (here 8 of 2 images); the job's end merges them (EmbeddingStore.settle),
+    and the merged shards still rebuild the very index the job built."""
+    write_images(tmp_path / "photos", 16)
+    engine.create_collection("c")
+    info = engine.run_job(engine.submit("c", [IngestItem.path(tmp_path / "photos")], start=False))
+    assert (info.state, info.done) == ("done", 16)
+    live = engine._live_by_name("c")
+    embeddings = EmbeddingStore(live.files.embeddings_dir, live.dim)
+    assert embeddings.stats().shards <= 3  # O(log n) by the merge rule; one per batch would be 8
+    ids, _ = embeddings.load_all()
+    np.testing.assert_array_equal(ids, live.store.ids())
+    assert embeddings.settle() == 0
 
 
 def test_checkpoint_is_a_catalog_column(config, engine: Engine) -> None:  # noqa: ANN001
