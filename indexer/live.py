@@ -235,10 +235,7 @@ class LiveCollection:
         """After a job: merge the embedding shards it wrote (`EmbeddingStore.settle`), then switch to the kind the
         collection's size calls for, re-train a grown IVF index, or drop HNSW tombstones. Returns True when the
         store was rebuilt."""
-        try:
-            embeddings.settle()
-        except (CorruptData, OSError) as exc:  # housekeeping: the shards stay as they were, the job stands
-            log.warning("embedding shards not merged", extra={"collection": self.name, "error": str(exc)})
+        settle_shards(embeddings, self.name)
         store, n = self.store, len(self.store)
         want = target_kind(self.index_kind, n)
         trained_on = int(store.params.get("trained_on", n) or n)
@@ -250,6 +247,15 @@ class LiveCollection:
             self.rebuild(store.ids(), embeddings, want)
             return True
         return False
+
+
+def settle_shards(embeddings: EmbeddingStore, collection: str) -> None:
+    """`EmbeddingStore.settle` after a job's writes, as housekeeping: a failure (disk full, a damaged shard, which
+    the next rebuild reports) leaves the shards as they were and the job as it ended."""
+    try:
+        embeddings.settle()
+    except (CorruptData, OSError) as exc:
+        log.warning("embedding shards not merged", extra={"collection": collection, "error": str(exc)})
 
 
 def load_saved(live: LiveCollection, space: Space | None = None) -> tuple[VectorStore | None, str]:

@@ -23,7 +23,7 @@ import torch
 from indexer.catalog import repo, spaces
 from indexer.catalog.db import session_scope
 from indexer.catalog.spaces import SpaceRow
-from indexer.live import LiveCollection
+from indexer.live import LiveCollection, settle_shards
 from indexer.pipeline.decode import DecodeError, decode_image
 from indexer.pipeline.flow import ItemSpec, StageClock, ordered_map
 from indexer.pipeline.paths import SourceError
@@ -144,6 +144,8 @@ def embed_missing(
     finally:
         ready.close()
         reader.close()
+    if outcome.complete:
+        settle_shards(store, live.name)  # one shard per batch, as a job's
     return outcome
 
 

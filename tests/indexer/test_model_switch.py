@@ -16,6 +16,7 @@ from PIL import Image
 
 from indexer import Conflict, Engine, IngestItem, InvalidInput, NotFound
 from indexer.evaluation import EvalData
+from indexer.vector_store import EmbeddingStore
 from internvl_models.shapes_world import write_demo_corpus
 from internvl_models.shapes_world.eval_sets import write_caption_manifest
 
@@ -98,6 +99,8 @@ def test_migration_serves_throughout_switches_at_one_moment_and_rolls_back(tmp_p
         _assert_switched_once(searches.results, old, new)
         collection = engine.get_collection("c")
         assert (collection.dim, collection.vectors, collection.checkpoint) == (128, 16, str(SHIPPED))
+        shards = EmbeddingStore(engine._live_by_name("c").files.embeddings_dir, 128).stats().shards
+        assert shards <= 2  # 4 batches re-embedded (3, then 1 caught up), merged after each pass
         assert all(_finds_itself(engine, path) for path in sorted(late.iterdir())[:2])
         state = engine.migration_state("c")
         assert state.previous.fingerprint == tiny and state.shadow is None and state.job.id == job_id
