@@ -274,3 +274,27 @@ def test_settle_interrupted_at_any_point_keeps_the_live_set(tmp_path: Path) -> N
             ids, vecs = EmbeddingStore(crashed, DIM).load_all()
             np.testing.assert_array_equal(ids, expected[0])
             np.testing.assert_array_equal(vecs, expected[1])
+
+
+def test_load_all_matches_a_replay_of_every_write(tmp_path: Path) -> None:
+    """Random appends (ids shuffled, overlapping earlier ones) and deletions, settled now and then: load_all (and a
+    merge's float16 rows) give exactly what replaying the writes in order into a dict gives."""
+    rng = np.random.default_rng(8)
+    store = EmbeddingStore(tmp_path, DIM)
+    model: dict[int, np.ndarray] = {}
+    for step in range(60):
+        if step % 4 == 3:
+            gone = rng.choice(300, 20, replace=False)
+            store.delete(gone)
+            for i in gone.tolist():
+                model.pop(i, None)
+        else:
+            ids = rng.choice(300, int(rng.integers(1, 30)), replace=False)
+            vectors = unit_vectors(len(ids), seed=step).astype(np.float16).astype(np.float32)
+            store.append(ids, vectors)
+            model.update(zip(ids.tolist(), vectors))
+        if step % 9 == 8:
+            store.settle()
+        ids, vecs = store.load_all()
+        assert ids.tolist() == sorted(model)
+        np.testing.assert_array_equal(vecs, np.array([model[i] for i in sorted(model)]).reshape(-1, DIM))
