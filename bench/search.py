@@ -29,6 +29,8 @@ Live updates (what a collection being indexed while it serves pays): batches of 
 draws from the same mixture) are added one at a time, each followed by one query (its latency is the first search
 after a change, which pays for anything the store rebuilds lazily), then the same batches are removed. Reported as
 p50 ms per batch added / removed and the p50 of the search after an add, beside the steady single-query p50 above.
+Then one save of the store (to a temporary file), timed, while another thread searches every 5 ms: the longest of
+those searches shows how long a save holds searches up.
 
 Exact (flat) single-query latency is also set against its memory-bandwidth bound: one query reads every vector
 once (n x d x 4 bytes), so it cannot take less than those bytes / the read bandwidth of one core, measured in the
@@ -41,7 +43,10 @@ import argparse
 import json
 import os
 import platform
+import tempfile
+import threading
 import time
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -126,7 +131,8 @@ def latencies(store, queries: np.ndarray, allowed: np.ndarray | None = None) -> 
 
 
 def live_updates(store, fresh: np.ndarray, first_id: int, query: np.ndarray) -> dict:  # noqa: ANN001
-    """p50 ms to add a batch of `fresh` vectors, of the search right after it, and to remove a batch (see above)."""
+    """p50 ms to add a batch of `fresh` vectors, of the search right after it, and to remove a batch; then one
+    save to a temporary file, with the longest a search had to wait while it ran (see above)."""
     adds, searches, removes = [], [], []
     batches = [
         (np.arange(first_id + at, first_id + at + UPDATE_BATCH, dtype=np.int64), fresh[at : at + UPDATE_BATCH])
@@ -145,7 +151,35 @@ def live_updates(store, fresh: np.ndarray, first_id: int, query: np.ndarray) -> 
             store.remove(ids)
             removes.append(time.perf_counter() - start)
     p50 = lambda times: round(float(np.percentile(times, 50) * 1e3), 3)  # noqa: E731
-    return {"add_p50_ms": p50(adds), "search_after_add_p50_ms": p50(searches), "remove_p50_ms": p50(removes)}
+    report = {"add_p50_ms": p50(adds), "search_after_add_p50_ms": p50(searches), "remove_p50_ms": p50(removes)}
+    return report | save_beside_searches(store, query)
+
+
+def save_beside_searches(store, query: np.ndarray) -> dict:  # noqa: ANN001
+    """Seconds of one save, and the longest search (ms) of a thread searching every 5 ms meanwhile: a search that
+    must wait for the save's lock shows the wait."""
+    waits: list[float] = []
+    saving = threading.Event()
+
+    def search_meanwhile() -> None:
+        while not saving.is_set():  # until the save starts
+            time.sleep(0.001)
+        while saving.is_set():
+            start = time.perf_counter()
+            store.search(query[None], K)
+            waits.append(time.perf_counter() - start)
+            time.sleep(0.005)
+
+    searcher = threading.Thread(target=search_meanwhile)
+    searcher.start()
+    with tempfile.TemporaryDirectory(prefix="bench-search-") as directory, one_omp_thread():
+        saving.set()
+        start = time.perf_counter()
+        store.save(Path(directory) / "store.ivs")
+        seconds = time.perf_counter() - start
+        saving.clear()
+        searcher.join()
+    return {"save_s": round(seconds, 3), "search_during_save_max_ms": round(max(waits, default=0.0) * 1e3, 1)}
 
 
 def read_bandwidth(repeats: int = 5) -> float:
