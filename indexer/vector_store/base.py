@@ -173,6 +173,7 @@ class FaissStore:
         self._ids = np.empty(0, dtype=np.int64)  # sorted live ids
         self._tombstones = np.empty(0, dtype=np.int64)  # sorted; only when not removes_in_place
         self._lock = threading.RLock()
+        self._save_lock = threading.Lock()
 
     # --- hooks ------------------------------------------------------------------------------------------------
 
@@ -207,7 +208,8 @@ class FaissStore:
         scores, ids = self._index.search(queries, k, params=params)
         return scores, ids
 
-    def _extra_sections(self) -> dict[str, bytes]:
+    def _extra_sections(self) -> dict[str, faiss.Index]:
+        """Copies of further indexes to save beside the main one (see `snapshot`)."""
         return {}
 
     def _load_extra_sections(self, sections: Mapping[str, memoryview]) -> None:
@@ -352,14 +354,29 @@ class FaissStore:
     # --- persistence --------------------------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the store to `path` atomically (temp file in the same directory, fsync, rename, fsync dir)."""
+        """Write the store to `path` atomically (temp file in the same directory, fsync, rename, fsync dir).
+
+        Searches and writes wait only while `snapshot` copies the store; serialising, checksumming and writing
+        happen outside the lock (one save at a time). Under it all, a save at 1M x 64 held searches for 1.3-3 s
+        (bench/RESULTS.md, "Live updates")."""
+        with self._save_lock:
+            header, parts = self.snapshot()
+            write_store_file(Path(path), header, serialized(parts))
+
+    def snapshot(self, indexes: bool = True) -> tuple[dict[str, Any], dict[str, bytes | faiss.Index]]:
+        """The store's file header and sections as of now: ids and tombstones as bytes and, with `indexes`, copies
+        of its FAISS indexes (`faiss.clone_index`: 2-4x quicker than serialising them) for `serialized`."""
         with self._lock:
-            sections = {"ids": self._ids.tobytes(), "tombstones": self._tombstones.tobytes()}
-            if self._index is not None:
-                sections["index"] = faiss.serialize_index(self._cpu_index()).tobytes()
-            sections.update(self._extra_sections())
-            header = {"kind": self.kind, "dim": self.dim, "params": self.params, "version": self.version}
-            write_store_file(Path(path), header, sections)
+            parts: dict[str, bytes | faiss.Index] = {
+                "ids": self._ids.tobytes(),
+                "tombstones": self._tombstones.tobytes(),
+            }
+            if indexes and self._index is not None:
+                parts["index"] = faiss.clone_index(self._cpu_index())
+            if indexes:
+                parts.update(self._extra_sections())
+            header = {"kind": self.kind, "dim": self.dim, "params": dict(self.params), "version": self.version}
+        return header, parts
 
     def _cpu_index(self) -> faiss.Index:
         return self._index
@@ -408,7 +425,12 @@ def atomic_write(path: Path, chunks: Iterable[bytes | memoryview]) -> None:
     fsync_dir(path.parent)
 
 
-def write_store_file(path: Path, header: Mapping[str, Any], sections: Mapping[str, bytes]) -> None:
+def serialized(parts: Mapping[str, bytes | faiss.Index]) -> dict[str, bytes | np.ndarray]:
+    """`snapshot` parts as file sections: FAISS indexes serialised, bytes as they are."""
+    return {name: part if isinstance(part, bytes) else faiss.serialize_index(part) for name, part in parts.items()}
+
+
+def write_store_file(path: Path, header: Mapping[str, Any], sections: Mapping[str, bytes | np.ndarray]) -> None:
     """Sections, then a JSON trailer (section sizes, sha256 of the sections), its length and a magic tag.
 
     The trailer sits at the end so that any truncation removes the magic tag and is caught before parsing.

@@ -58,6 +58,7 @@ from indexer.vector_store.base import (
     empty_result,
     fsync_dir,
     read_store_file,
+    serialized,
     sorted_contains,
     top_k,
     write_store_file,
@@ -120,6 +121,7 @@ class ShardedStore:
         self._shards: list[FaissStore] = [new_shard(dict(inner)) for _ in range(self.shards)]
         self.exact = self._shards[0].exact
         self._lock = threading.RLock()
+        self._save_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         # Per shard, when loaded from shard files: {"index": name, "refine": name}, and whether it is mapped.
         self._files: list[dict[str, str] | None] = [None] * self.shards
@@ -281,54 +283,56 @@ class ShardedStore:
     # --- persistence ------------------------------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike[str]) -> None:
+        """As `FaissStore.save`: the shards are copied under the lock and written outside it; `on_disk` stores
+        write each changed shard's index files under it (faiss writes them from the live indexes)."""
         path = Path(path)
-        with self._lock:
-            header: dict[str, Any] = {
-                "kind": self.kind,
-                "dim": self.dim,
-                "params": self.params,
-                "version": self.version,
-                "shards": self.shards,
-                "on_disk": self.on_disk,
-                "shard_params": [s.params for s in self._shards],
-                "shard_hash": "splitmix64",
-            }
-            sections: dict[str, bytes] = {}
-            for i, shard in enumerate(self._shards):
-                sections[f"{i}/ids"] = shard._ids.tobytes()
-                sections[f"{i}/tombstones"] = shard._tombstones.tobytes()
-            if not self.on_disk:
+        with self._save_lock:
+            with self._lock:
+                header: dict[str, Any] = {
+                    "kind": self.kind,
+                    "dim": self.dim,
+                    "params": dict(self.params),
+                    "version": self.version,
+                    "shards": self.shards,
+                    "on_disk": self.on_disk,
+                    "shard_params": [dict(s.params) for s in self._shards],
+                    "shard_hash": "splitmix64",
+                }
+                parts: dict[str, Any] = {}
                 for i, shard in enumerate(self._shards):
-                    self._writable(i)  # a mapped index cannot be serialised as an in-memory one
-                    if shard._index is not None:
-                        sections[f"{i}/index"] = faiss.serialize_index(shard._cpu_index()).tobytes()
-                    for name, data in shard._extra_sections().items():
-                        sections[f"{i}/{name}"] = data
-                write_store_file(path, header, sections)
-                return
-            directory = shard_directory(path)
-            directory.mkdir(parents=True, exist_ok=True)
-            previous = _manifest_files(path)
-            files: list[dict[str, Any]] = []
-            for i, shard in enumerate(self._shards):
-                if shard._index is None:
-                    files.append({})
-                    continue
-                if self._files[i] is None:
-                    self._files[i] = self._write_shard_files(directory, path.name, i, shard)
-                elif self._directory != directory:
-                    # Unchanged since loaded or saved elsewhere: copy its files (a mapped index cannot be
-                    # re-serialised, and copying is cheaper anyway).
-                    for name in self._files[i].values():
-                        if not (directory / name).exists():
-                            shutil.copyfile(self._directory / name, directory / name)
-                    fsync_dir(directory)
-                files.append(dict(self._files[i]))
-            header["files"] = files
-            header["checksums"] = {name: _describe(directory / name) for entry in files for name in entry.values()}
-            write_store_file(path, header, sections)
-            self._directory = directory
-            _remove_unreferenced(directory, keep={*previous, *header["checksums"]})
+                    if not self.on_disk:
+                        self._writable(i)  # a mapped index cannot be copied as an in-memory one
+                    _, shard_parts = shard.snapshot(indexes=not self.on_disk)
+                    parts.update({f"{i}/{name}": part for name, part in shard_parts.items()})
+                if self.on_disk:
+                    self._save_on_disk(path, header, parts)
+                    return
+            write_store_file(path, header, serialized(parts))
+
+    def _save_on_disk(self, path: Path, header: dict[str, Any], sections: dict[str, bytes]) -> None:
+        directory = shard_directory(path)
+        directory.mkdir(parents=True, exist_ok=True)
+        previous = _manifest_files(path)
+        files: list[dict[str, Any]] = []
+        for i, shard in enumerate(self._shards):
+            if shard._index is None:
+                files.append({})
+                continue
+            if self._files[i] is None:
+                self._files[i] = self._write_shard_files(directory, path.name, i, shard)
+            elif self._directory != directory:
+                # Unchanged since loaded or saved elsewhere: copy its files (a mapped index cannot be
+                # re-serialised, and copying is cheaper anyway).
+                for name in self._files[i].values():
+                    if not (directory / name).exists():
+                        shutil.copyfile(self._directory / name, directory / name)
+                fsync_dir(directory)
+            files.append(dict(self._files[i]))
+        header["files"] = files
+        header["checksums"] = {name: _describe(directory / name) for entry in files for name in entry.values()}
+        write_store_file(path, header, sections)
+        self._directory = directory
+        _remove_unreferenced(directory, keep={*previous, *header["checksums"]})
 
     def _write_shard_files(self, directory: Path, stem: str, i: int, shard: FaissStore) -> dict[str, str]:
         written = {"index": _write_index(directory, f"{stem}.{i}.index", shard._cpu_index())}

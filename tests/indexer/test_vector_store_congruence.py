@@ -6,6 +6,7 @@ honour filters (k results when k allowed vectors exist, and only allowed ids), r
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from indexer.vector_store import (
     rebuild_vector_store,
     resolve_kind,
 )
-from indexer.vector_store.base import distinct_sorted, merge_disjoint, without
+from indexer.vector_store.base import distinct_sorted, merge_disjoint, without, write_store_file
 from indexer.vector_store.flat import overfetch_search
 
 # One OpenMP thread (tests/indexer/conftest.py): small faiss builds on a busy 2-core box.
@@ -148,6 +149,42 @@ def test_ids_stay_sorted_and_exact_through_mixed_adds_and_removes(kind: str) -> 
         if kind == "hnsw":
             assert store._tombstones.tolist() == sorted(removed)
     assert set(store.search(x[:20], 50).ids.ravel().tolist()) - {-1} <= held
+
+
+@pytest.mark.parametrize(("kind", "shards"), [(kind, 1) for kind in KINDS] + [("ivf_flat", 2)])
+def test_searches_and_adds_go_on_while_a_save_writes(
+    kind: str, shards: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A save copies the store under its lock and writes outside it: held at the write, it does not hold up a
+    search or an add, and the file it writes is the store as of the copy."""
+    ids, x, q = clustered(3_000, 20, seed=3)
+    store = create_vector_store(kind, DIM, use_gpu=False, params={"shards": shards})
+    store.add(ids[:2_000], x[:2_000])
+    store.version = 7
+    writing, release = threading.Event(), threading.Event()
+    module = "indexer.vector_store.sharded" if shards > 1 else "indexer.vector_store.base"
+    real_write = write_store_file
+
+    def held_write(*args: object) -> None:
+        writing.set()
+        assert release.wait(30)
+        real_write(*args)
+
+    monkeypatch.setattr(f"{module}.write_store_file", held_write)
+    saver = threading.Thread(target=store.save, args=(tmp_path / "store.ivs",))
+    saver.start()
+    assert writing.wait(30)
+    meanwhile = threading.Thread(target=lambda: (store.search(q, K), store.add(ids[2_000:], x[2_000:])))
+    meanwhile.start()
+    meanwhile.join(30)
+    still_writing = saver.is_alive()
+    release.set()
+    saver.join(30)
+    assert not meanwhile.is_alive() and still_writing and len(store) == 3_000
+    monkeypatch.undo()
+    saved = load_vector_store(tmp_path / "store.ivs")
+    assert np.array_equal(saved.ids(), ids[:2_000]) and saved.version == 7
+    assert set(saved.search(q, K).ids.ravel().tolist()) <= set(ids[:2_000].tolist())
 
 
 def test_sorted_id_set_helpers_match_numpy() -> None:
