@@ -148,35 +148,37 @@ class EmbeddingStore:
 
     def load_all(self) -> tuple[np.ndarray, np.ndarray]:
         """Live ids (sorted int64) and their vectors as float32 (n, dim)."""
-        ids, vectors, _ = self._net_effect(self._shards(), np.float32)
-        return ids, vectors
+        ids, vectors, _ = self._net_effect(self._shards())
+        return ids, vectors.astype(np.float32)
 
-    def _net_effect(self, shards: list[_Shard], dtype: type = np.float16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """What `shards` (in seq order) say together: the ids they leave live (sorted) with their vectors as
-        `dtype`, and the ids whose last word in them is a deletion (sorted)."""
-        adds, add_seqs, del_ids, del_seqs = [], [], [], []
+    def _net_effect(self, shards: list[_Shard]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """What `shards` (in seq order) say together: the ids they leave live (sorted) with their float16 vectors,
+        and the ids whose last word in them is a deletion (sorted)."""
+        add_ids, add_seqs, add_vecs, del_ids, del_seqs = [], [], [], [], []
         for shard in shards:
             array = self._read(shard)
             if shard.kind == "add":
-                adds.append(array)
+                add_ids.append(array["id"])
+                add_vecs.append(array["vec"])
                 add_seqs.append(np.full(len(array), shard.seq, dtype=np.int64))
             else:
                 del_ids.append(array)
                 del_seqs.append(np.full(len(array), shard.seq, dtype=np.int64))
         nothing = np.empty(0, dtype=np.int64)
-        ids = np.concatenate([array["id"] for array in adds] or [nothing])
-        seqs = np.concatenate(add_seqs or [nothing])
-        latest = _latest_per_id(ids, seqs)  # row of each id's newest add (in all adds), ordered by id
+        ids, seqs = np.concatenate(add_ids or [nothing]), np.concatenate(add_seqs or [nothing])
+        latest = _latest_per_id(ids, seqs)  # row of each id's newest add, ordered by id
         ids, seqs = ids[latest], seqs[latest]
-        deleted, deleted_seqs = np.concatenate(del_ids or [nothing]), np.concatenate(del_seqs or [nothing])
-        newest = _latest_per_id(deleted, deleted_seqs)
-        deleted, deleted_seqs = deleted[newest], deleted_seqs[newest]
+        deleted = np.concatenate(del_ids or [nothing])
+        newest = _latest_per_id(deleted, np.concatenate(del_seqs or [nothing]))
+        deleted, deleted_seqs = deleted[newest], np.concatenate(del_seqs or [nothing])[newest]
         if len(deleted):
             at = np.minimum(np.searchsorted(deleted, ids), len(deleted) - 1)
             deleted_after = (deleted[at] == ids) & (deleted_seqs[at] > seqs)
             latest, ids = latest[~deleted_after], ids[~deleted_after]
             deleted = deleted[~sorted_contains(ids, deleted)]  # re-added after their deletion: live
-        return ids, _gathered(adds, latest, self.dim, dtype), deleted
+        if not len(ids):
+            return ids, np.empty((0, self.dim), dtype=np.float16), deleted
+        return ids, np.concatenate(add_vecs)[latest], deleted
 
     def compact(self) -> None:
         """Rewrite the live embeddings as one shard and drop the rest (tombstones included); unlike `settle`, holds
@@ -281,32 +283,6 @@ def _runs(units: list[list[_Shard]], sizes: list[int]) -> list[list[list[_Shard]
         runs[-1].append(unit)
         total += size
     return runs
-
-
-def _gathered(adds: list[np.ndarray], rows: np.ndarray, dim: int, dtype: type) -> np.ndarray:
-    """Vectors of `rows` (indices into the adds' rows one after another) as `dtype`, written shard by shard into
-    the result: no concatenated copy of every shard's vectors, no second copy to convert (at 1M x 768, 6 GB of
-    fresh memory less, whose page faults cost more than the copies)."""
-    out = np.empty((len(rows), dim), dtype=dtype)
-    if not len(rows):
-        return out
-    starts = np.cumsum([0] + [len(array) for array in adds])
-    shard_of = np.searchsorted(starts, rows, side="right") - 1
-    order = np.argsort(shard_of, kind="stable")
-    bounds = np.searchsorted(shard_of[order], np.arange(len(adds) + 1))
-    for index, array in enumerate(adds):
-        at = order[bounds[index] : bounds[index + 1]]
-        if len(at):
-            out[_span(at)] = array["vec"][_span(rows[at] - starts[index])]
-    return out
-
-
-def _span(indices: np.ndarray) -> slice | np.ndarray:
-    """`indices` as a slice when they are consecutive and ascending (a merged shard read whole), which numpy
-    copies without gathering into a temporary."""
-    if len(indices) and indices[-1] - indices[0] + 1 == len(indices) and (np.diff(indices) == 1).all():
-        return slice(int(indices[0]), int(indices[-1]) + 1)
-    return indices
 
 
 def _latest_per_id(ids: np.ndarray, seqs: np.ndarray) -> np.ndarray:
