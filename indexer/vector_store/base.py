@@ -172,7 +172,10 @@ class FaissStore:
         self._index: faiss.Index | None = None
         self._ids = np.empty(0, dtype=np.int64)  # sorted live ids
         self._tombstones = np.empty(0, dtype=np.int64)  # sorted; only when not removes_in_place
+        # `_lock` makes searches, adds and removes one at a time; adds and removes also take `_write_lock` first,
+        # which a save holds while it serialises the indexes, so that searches need not wait for it.
         self._lock = threading.RLock()
+        self._write_lock = threading.RLock()
         self._save_lock = threading.Lock()
 
     # --- hooks ------------------------------------------------------------------------------------------------
@@ -208,8 +211,8 @@ class FaissStore:
         scores, ids = self._index.search(queries, k, params=params)
         return scores, ids
 
-    def _extra_sections(self) -> dict[str, faiss.Index]:
-        """Copies of further indexes to save beside the main one (see `snapshot`)."""
+    def _extra_sections(self) -> dict[str, np.ndarray]:
+        """Further indexes to save beside the main one, serialised (see `snapshot`)."""
         return {}
 
     def _load_extra_sections(self, sections: Mapping[str, memoryview]) -> None:
@@ -235,7 +238,7 @@ class FaissStore:
         """Add vectors under `ids`; ids already present are skipped (idempotent). Returns how many were added."""
         vectors = check_vectors(vectors, self.dim)
         ids = check_ids(ids, len(vectors))
-        with self._lock:
+        with self._write_lock, self._lock:
             if sorted_contains(self._tombstones, ids).any():
                 raise Conflict(f"ids were removed from this {self.kind} index and cannot be re-added before a rebuild")
             fresh = ~sorted_contains(self._ids, ids)
@@ -255,7 +258,7 @@ class FaissStore:
     def remove(self, ids: Any) -> int:
         """Remove vectors by id; unknown ids are ignored. Returns how many were removed."""
         ids = distinct_sorted(as_id_array(ids))
-        with self._lock:
+        with self._write_lock, self._lock:
             present = ids[sorted_contains(self._ids, ids)]
             if not len(present):
                 return 0
@@ -356,27 +359,28 @@ class FaissStore:
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the store to `path` atomically (temp file in the same directory, fsync, rename, fsync dir).
 
-        Searches and writes wait only while `snapshot` copies the store; serialising, checksumming and writing
-        happen outside the lock (one save at a time). When all of it ran under the lock, a search at 1M x 64 could
-        wait 1.7 s for a save (bench/RESULTS.md, "Saves no longer hold searches")."""
+        Searches go on throughout: `snapshot` holds off only adds and removes while it serialises the indexes, and
+        the file is checksummed and written after it (one save at a time). When all of it held the store's lock,
+        a search at 1M x 64 could wait 1.7 s for a save (bench/RESULTS.md, "Saves no longer hold searches")."""
         with self._save_lock:
-            header, parts = self.snapshot()
-            write_store_file(Path(path), header, serialized(parts))
+            header, sections = self.snapshot()
+            write_store_file(Path(path), header, sections)
 
-    def snapshot(self, indexes: bool = True) -> tuple[dict[str, Any], dict[str, bytes | faiss.Index]]:
-        """The store's file header and sections as of now: ids and tombstones as bytes and, with `indexes`, copies
-        of its FAISS indexes (`faiss.clone_index`: 2-4x quicker than serialising them) for `serialized`."""
-        with self._lock:
-            parts: dict[str, bytes | faiss.Index] = {
-                "ids": self._ids.tobytes(),
-                "tombstones": self._tombstones.tobytes(),
-            }
+    def snapshot(self, indexes: bool = True) -> tuple[dict[str, Any], dict[str, bytes | np.ndarray]]:
+        """The store's file header and sections as of now: ids, tombstones and, with `indexes`, its FAISS indexes
+        serialised. Adds and removes wait for it; searches do not (they and serialising only read the indexes)."""
+        with self._write_lock:
+            with self._lock:
+                header = {"kind": self.kind, "dim": self.dim, "params": dict(self.params), "version": self.version}
+                sections: dict[str, bytes | np.ndarray] = {
+                    "ids": self._ids.tobytes(),
+                    "tombstones": self._tombstones.tobytes(),
+                }
             if indexes and self._index is not None:
-                parts["index"] = faiss.clone_index(self._cpu_index())
+                sections["index"] = faiss.serialize_index(self._cpu_index())
             if indexes:
-                parts.update(self._extra_sections())
-            header = {"kind": self.kind, "dim": self.dim, "params": dict(self.params), "version": self.version}
-        return header, parts
+                sections.update(self._extra_sections())
+        return header, sections
 
     def _cpu_index(self) -> faiss.Index:
         return self._index
@@ -423,11 +427,6 @@ def atomic_write(path: Path, chunks: Iterable[bytes | memoryview]) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
-
-
-def serialized(parts: Mapping[str, bytes | faiss.Index]) -> dict[str, bytes | np.ndarray]:
-    """`snapshot` parts as file sections: FAISS indexes serialised, bytes as they are."""
-    return {name: part if isinstance(part, bytes) else faiss.serialize_index(part) for name, part in parts.items()}
 
 
 def write_store_file(path: Path, header: Mapping[str, Any], sections: Mapping[str, bytes | np.ndarray]) -> None:

@@ -438,8 +438,8 @@ class IVFPQStore(IVFFlatStore):
         result = top_k(scores, candidates, k)
         return result.scores, result.ids
 
-    def _extra_sections(self) -> dict[str, faiss.Index]:
-        return {"refine": faiss.clone_index(self._refine)} if self._refine is not None else {}
+    def _extra_sections(self) -> dict[str, np.ndarray]:
+        return {"refine": faiss.serialize_index(self._refine)} if self._refine is not None else {}
 
     def _load_extra_sections(self, sections) -> None:
         if "refine" in sections:

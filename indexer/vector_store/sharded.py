@@ -58,7 +58,6 @@ from indexer.vector_store.base import (
     empty_result,
     fsync_dir,
     read_store_file,
-    serialized,
     sorted_contains,
     top_k,
     write_store_file,
@@ -121,6 +120,7 @@ class ShardedStore:
         self._shards: list[FaissStore] = [new_shard(dict(inner)) for _ in range(self.shards)]
         self.exact = self._shards[0].exact
         self._lock = threading.RLock()
+        self._write_lock = threading.RLock()  # as FaissStore's: held by adds, removes and a save's serialising
         self._save_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         # Per shard, when loaded from shard files: {"index": name, "refine": name}, and whether it is mapped.
@@ -160,7 +160,7 @@ class ShardedStore:
     def add(self, ids: Any, vectors: Any) -> int:
         vectors = check_vectors(vectors, self.dim)
         ids = check_ids(ids, len(vectors))
-        with self._lock:
+        with self._write_lock, self._lock:
             # All-or-nothing: refuse the whole batch before any shard takes a part of it.
             for shard in self._shards:
                 if len(shard._tombstones) and sorted_contains(shard._tombstones, ids).any():
@@ -183,7 +183,7 @@ class ShardedStore:
 
     def remove(self, ids: Any) -> int:
         ids = distinct_sorted(as_id_array(ids))
-        with self._lock:
+        with self._write_lock, self._lock:
             removed = 0
             parts = self._split(ids)
             for i, part in enumerate(parts):
@@ -283,31 +283,40 @@ class ShardedStore:
     # --- persistence ------------------------------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """As `FaissStore.save`: the shards are copied under the lock and written outside it; `on_disk` stores
-        write each changed shard's index files under it (faiss writes them from the live indexes)."""
+        """As `FaissStore.save`: adds and removes wait while the shards are serialised, searches do not; `on_disk`
+        stores write each changed shard's index files under the store's lock (faiss writes them from the live
+        indexes)."""
         path = Path(path)
         with self._save_lock:
-            with self._lock:
-                header: dict[str, Any] = {
-                    "kind": self.kind,
-                    "dim": self.dim,
-                    "params": dict(self.params),
-                    "version": self.version,
-                    "shards": self.shards,
-                    "on_disk": self.on_disk,
-                    "shard_params": [dict(s.params) for s in self._shards],
-                    "shard_hash": "splitmix64",
-                }
-                parts: dict[str, Any] = {}
-                for i, shard in enumerate(self._shards):
-                    if not self.on_disk:
-                        self._writable(i)  # a mapped index cannot be copied as an in-memory one
-                    _, shard_parts = shard.snapshot(indexes=not self.on_disk)
-                    parts.update({f"{i}/{name}": part for name, part in shard_parts.items()})
-                if self.on_disk:
-                    self._save_on_disk(path, header, parts)
-                    return
-            write_store_file(path, header, serialized(parts))
+            with self._write_lock:
+                with self._lock:
+                    header = self._header()
+                    if self.on_disk:
+                        self._save_on_disk(path, header, self._sections(indexes=False))
+                        return
+                    for i in range(len(self._shards)):
+                        self._writable(i)  # a mapped index cannot be serialised as an in-memory one
+                sections = self._sections(indexes=True)
+            write_store_file(path, header, sections)
+
+    def _header(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "dim": self.dim,
+            "params": dict(self.params),
+            "version": self.version,
+            "shards": self.shards,
+            "on_disk": self.on_disk,
+            "shard_params": [dict(s.params) for s in self._shards],
+            "shard_hash": "splitmix64",
+        }
+
+    def _sections(self, indexes: bool) -> dict[str, Any]:
+        sections: dict[str, Any] = {}
+        for i, shard in enumerate(self._shards):
+            _, shard_sections = shard.snapshot(indexes)
+            sections.update({f"{i}/{name}": part for name, part in shard_sections.items()})
+        return sections
 
     def _save_on_disk(self, path: Path, header: dict[str, Any], sections: dict[str, bytes]) -> None:
         directory = shard_directory(path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 
@@ -185,6 +186,42 @@ def test_searches_and_adds_go_on_while_a_save_writes(
     saved = load_vector_store(tmp_path / "store.ivs")
     assert np.array_equal(saved.ids(), ids[:2_000]) and saved.version == 7
     assert set(saved.search(q, K).ids.ravel().tolist()) <= set(ids[:2_000].tolist())
+
+
+@pytest.mark.parametrize(("kind", "shards"), [("flat", 1), ("hnsw", 1), ("ivf_pq", 1), ("ivf_flat", 2)])
+def test_a_save_serialising_holds_off_adds_but_not_searches(
+    kind: str, shards: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a save serialises the indexes (held there), a search is answered and an add waits; the file then
+    holds the store as it was when the save began."""
+    ids, x, q = clustered(3_000, 20, seed=4)
+    store = create_vector_store(kind, DIM, use_gpu=False, params={"shards": shards})
+    store.add(ids[:2_000], x[:2_000])
+    serialising, release = threading.Event(), threading.Event()
+    real_serialize = faiss.serialize_index
+
+    def held_serialize(index: faiss.Index) -> np.ndarray:
+        serialising.set()
+        assert release.wait(30)
+        return real_serialize(index)
+
+    monkeypatch.setattr(faiss, "serialize_index", held_serialize)
+    saver = threading.Thread(target=store.save, args=(tmp_path / "store.ivs",))
+    saver.start()
+    assert serialising.wait(30)
+    searcher = threading.Thread(target=store.search, args=(q, K))
+    searcher.start()
+    searcher.join(30)
+    adder = threading.Thread(target=store.add, args=(ids[2_000:], x[2_000:]))
+    adder.start()
+    adder.join(0.5)
+    searched, add_waited = not searcher.is_alive(), adder.is_alive()
+    release.set()
+    saver.join(30)
+    adder.join(30)
+    assert searched and add_waited and not adder.is_alive() and len(store) == 3_000
+    monkeypatch.undo()
+    assert np.array_equal(load_vector_store(tmp_path / "store.ivs").ids(), ids[:2_000])
 
 
 def test_sorted_id_set_helpers_match_numpy() -> None:
