@@ -32,6 +32,9 @@ p50 ms per batch added / removed and the p50 of the search after an add, beside 
 Then one save of the store (to a temporary file), timed, while another thread searches every 5 ms: the longest of
 those searches shows how long a save holds searches up.
 
+Parallel single queries: the same 200 single-query searches from one thread, then split over one thread per core,
+QPS each way (`parallel_single_queries`): whether one store answers concurrent requests side by side.
+
 Exact (flat) single-query latency is also set against its memory-bandwidth bound: one query reads every vector
 once (n x d x 4 bytes), so it cannot take less than those bytes / the read bandwidth of one core, measured in the
 same process (`read_bandwidth`, the best of a few passes over a 512 MiB array) just before the latencies.
@@ -182,6 +185,35 @@ def save_beside_searches(store, query: np.ndarray) -> dict:  # noqa: ANN001
     return {"save_s": round(seconds, 3), "search_during_save_max_ms": round(max(waits, default=0.0) * 1e3, 1)}
 
 
+def parallel_searches(store, queries: np.ndarray) -> dict:  # noqa: ANN001
+    """Single-query searches (one OpenMP thread each, as the engine runs them) from one thread, then from one thread
+    per core, over the same queries: QPS each way. One store answering one query at a time caps the second."""
+    threads = os.cpu_count() or 1
+
+    def run(count: int) -> float:
+        parts = np.array_split(queries, count)
+        barrier = threading.Barrier(count + 1)
+
+        def search_part(part: np.ndarray) -> None:
+            with one_omp_thread():
+                barrier.wait()
+                for query in part:
+                    store.search(query[None], K)
+
+        workers = [threading.Thread(target=search_part, args=(part,)) for part in parts]
+        for worker in workers:
+            worker.start()
+        barrier.wait()
+        start = time.perf_counter()
+        for worker in workers:
+            worker.join()
+        return len(queries) / (time.perf_counter() - start)
+
+    one, many = run(1), run(threads)
+    return {"threads": threads, "qps_1_thread": round(one, 1), f"qps_{threads}_threads": round(many, 1),
+            "speedup": round(many / one, 2)}  # fmt: skip
+
+
 def read_bandwidth(repeats: int = 5) -> float:
     """Bytes/s one thread reads: the best of `repeats` matrix-vector products over a 512 MiB float32 matrix (what
     a single-query flat scan does: stream every vector once, two FLOPs per 4 bytes), on one torch thread."""
@@ -223,12 +255,14 @@ def bench_kind(  # noqa: ANN001
     single = queries[:200]
     bound_ms = len(data) * data.shape[1] * 4 / read_bandwidth() * 1e3 if kind == "flat" else None
     p50, p99 = latencies(store, single)
+    parallel = parallel_searches(store, single)
     report = {
         "build_s": round(build, 2),
         "batch_qps": round(len(queries) / batch_s, 1),
         "latency_p50_ms": round(p50, 3),
         "latency_p99_ms": round(p99, 3),
         "recall_at_10": round(recall(found, truths["all"]), 4),
+        "parallel_single_queries": parallel,
     }
     if bound_ms is not None:
         report["bandwidth_bound_ms"] = round(bound_ms, 3)

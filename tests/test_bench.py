@@ -99,6 +99,8 @@ def test_search_benchmark_reports_live_updates(capsys: pytest.CaptureFixture, mo
         assert set(updates) >= {"add_p50_ms", "search_after_add_p50_ms", "remove_p50_ms", "save_s"}
         assert all(updates[key] > 0 for key in ("add_p50_ms", "search_after_add_p50_ms", "remove_p50_ms", "save_s"))
         assert updates["search_during_save_max_ms"] >= 0  # 0 when the save ended before any search ran
+        parallel = result["parallel_single_queries"]
+        assert parallel["qps_1_thread"] > 0 and parallel["speedup"] > 0
 
 
 def test_embeddings_benchmark_settles_one_shard_per_batch(capsys: pytest.CaptureFixture, monkeypatch) -> None:  # noqa: ANN001
