@@ -30,6 +30,7 @@ import faiss
 import numpy as np
 
 from indexer.errors import Conflict, CorruptData, InvalidInput
+from indexer.vector_store.locks import ReadWriteLock
 
 # At or below this many allowed vectors a filtered search always scores them directly (exact, and cheaper than
 # any index search); above it, when the back end's cost estimate says so (`_filtered_cost`). Only back ends that
@@ -172,10 +173,8 @@ class FaissStore:
         self._index: faiss.Index | None = None
         self._ids = np.empty(0, dtype=np.int64)  # sorted live ids
         self._tombstones = np.empty(0, dtype=np.int64)  # sorted; only when not removes_in_place
-        # `_lock` makes searches, adds and removes one at a time; adds and removes also take `_write_lock` first,
-        # which a save holds while it serialises the indexes, so that searches need not wait for it.
-        self._lock = threading.RLock()
-        self._write_lock = threading.RLock()
+        # Searches and a save's serialising read the indexes side by side; adds and removes write them alone.
+        self._lock = ReadWriteLock()
         self._save_lock = threading.Lock()
 
     # --- hooks ------------------------------------------------------------------------------------------------
@@ -225,7 +224,7 @@ class FaissStore:
 
     def ids(self) -> np.ndarray:
         """Sorted int64 ids of the live vectors (for reconciliation with the catalog)."""
-        with self._lock:
+        with self._lock.read():
             return self._ids.copy()
 
     @property
@@ -238,7 +237,7 @@ class FaissStore:
         """Add vectors under `ids`; ids already present are skipped (idempotent). Returns how many were added."""
         vectors = check_vectors(vectors, self.dim)
         ids = check_ids(ids, len(vectors))
-        with self._write_lock, self._lock:
+        with self._lock.write():
             if sorted_contains(self._tombstones, ids).any():
                 raise Conflict(f"ids were removed from this {self.kind} index and cannot be re-added before a rebuild")
             fresh = ~sorted_contains(self._ids, ids)
@@ -258,7 +257,7 @@ class FaissStore:
     def remove(self, ids: Any) -> int:
         """Remove vectors by id; unknown ids are ignored. Returns how many were removed."""
         ids = distinct_sorted(as_id_array(ids))
-        with self._write_lock, self._lock:
+        with self._lock.write():
             present = ids[sorted_contains(self._ids, ids)]
             if not len(present):
                 return 0
@@ -284,7 +283,7 @@ class FaissStore:
         queries = check_vectors(queries, self.dim, "queries")
         if not isinstance(k, int) or k <= 0:
             raise InvalidInput(f"k must be a positive integer, got {k!r}")
-        with self._lock:
+        with self._lock.read():
             candidates = self._ids
             if allowed_ids is not None:
                 allowed = distinct_sorted(as_id_array(allowed_ids))
@@ -369,13 +368,12 @@ class FaissStore:
     def snapshot(self, indexes: bool = True) -> tuple[dict[str, Any], dict[str, bytes | np.ndarray]]:
         """The store's file header and sections as of now: ids, tombstones and, with `indexes`, its FAISS indexes
         serialised. Adds and removes wait for it; searches do not (they and serialising only read the indexes)."""
-        with self._write_lock:
-            with self._lock:
-                header = {"kind": self.kind, "dim": self.dim, "params": dict(self.params), "version": self.version}
-                sections: dict[str, bytes | np.ndarray] = {
-                    "ids": self._ids.tobytes(),
-                    "tombstones": self._tombstones.tobytes(),
-                }
+        with self._lock.read():
+            header = {"kind": self.kind, "dim": self.dim, "params": dict(self.params), "version": self.version}
+            sections: dict[str, bytes | np.ndarray] = {
+                "ids": self._ids.tobytes(),
+                "tombstones": self._tombstones.tobytes(),
+            }
             if indexes and self._index is not None:
                 sections["index"] = faiss.serialize_index(self._cpu_index())
             if indexes:

@@ -36,6 +36,7 @@ and, last, scores the allowed vectors of the unlucky queries directly.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -305,7 +306,8 @@ class IVFPQStore(IVFFlatStore):
         if self.params["refine"] not in REFINE_TYPES:
             raise InvalidInput(f"ivf_pq: refine={self.params['refine']!r} must be one of {sorted(REFINE_TYPES)}")
         self._refine: faiss.Index | None = None
-        self._buffers: dict[str, np.ndarray] = {}
+        self._buffers = threading.local()  # name -> scratch array, per searching thread
+        self._rows_lock = threading.Lock()
 
     @property
     def _refine(self) -> faiss.Index | None:
@@ -358,15 +360,22 @@ class IVFPQStore(IVFFlatStore):
         Built from the copy's id list at the first search after a load or a removal, and extended in place by adds.
         Finding 640 random candidates through it and gathering their rows takes a fraction of the copy's own per-id
         hash lookups (bench/RESULTS.md, "IVF-PQ fast scan")."""
-        if self._rows is None:
-            ids = faiss.vector_to_array(self._refine.id_map)
-            top = int(ids.max()) + 1 if len(ids) else 0
-            if len(ids) and int(ids.min()) >= 0 and self._dense_enough(top, len(ids)):
-                self._rows = np.full(top, -1, dtype=np.int32 if len(ids) < 2**31 else np.int64)
-                self._rows[ids] = np.arange(len(ids))
-            else:
-                self._rows = np.empty(0, dtype=np.int64)  # marks "too sparse": the copy's hash map is used
-        return self._rows if len(self._rows) else None
+        rows = self._rows
+        if rows is None:
+            with self._rows_lock:  # searches run side by side: one builds it, complete before the others see it
+                rows = self._rows
+                if rows is None:
+                    self._rows = rows = self._built_rows()
+        return rows if len(rows) else None
+
+    def _built_rows(self) -> np.ndarray:
+        ids = faiss.vector_to_array(self._refine.id_map)
+        top = int(ids.max()) + 1 if len(ids) else 0
+        if not len(ids) or int(ids.min()) < 0 or not self._dense_enough(top, len(ids)):
+            return np.empty(0, dtype=np.int64)  # marks "too sparse": the copy's hash map is used
+        rows = np.full(top, -1, dtype=np.int32 if len(ids) < 2**31 else np.int64)
+        rows[ids] = np.arange(len(ids))
+        return rows
 
     @staticmethod
     def _dense_enough(top: int, count: int) -> bool:
@@ -416,11 +425,12 @@ class IVFPQStore(IVFFlatStore):
     def _scratch(self, name: str, rows: int, width: int, dtype: type) -> np.ndarray:
         """A reused (rows, width) buffer. A search's candidates are MBs at d = 768 (640 x 768 floats: 2 MB), and a
         fresh array that size is a fresh mapping whose page faults cost more than the re-rank itself on this VM."""
-        buffer = self._buffers.get(name)
+        buffers = self._buffers.__dict__  # this thread's: searches run side by side
+        buffer = buffers.get(name)
         if buffer is None or len(buffer) < rows or buffer.shape[1] != width:
             buffer = np.empty((max(rows, 1), width), dtype=dtype)
             if buffer.nbytes <= SCRATCH_MAX_BYTES:  # a search for thousands of results does not pin its buffer
-                self._buffers[name] = buffer
+                buffers[name] = buffer
         return buffer[:rows]
 
     def _index_search(self, queries: np.ndarray, k: int, params) -> tuple[np.ndarray, np.ndarray]:

@@ -9,6 +9,7 @@ disallowed ids until k survive (falling back to the CPU selector search past the
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -80,6 +81,9 @@ class FlatStore(FaissStore):
         self._gpu_resources = None
         self._gpu_index: Any = None  # faiss GPU index, or the vectors as one torch tensor on the torch path
         self._gpu_labels: np.ndarray | None = None
+        # GPU searches take turns (faiss GPU indexes are not safe to search from several threads; the copy is built
+        # once), while CPU searches of the store run side by side under its read lock.
+        self._gpu_lock = threading.Lock()
         # Which GPU searches run on (a sharded store spreads its flat shards over the GPUs).
         self.gpu_device = 0
 
@@ -93,7 +97,7 @@ class FlatStore(FaissStore):
         if not self.use_gpu or not len(self) or not isinstance(k, int) or not 0 < k <= GPU_MAX_K:
             return super().search(queries, k, allowed_ids)
         queries = check_vectors(queries, self.dim, "queries")
-        with self._lock:
+        with self._lock.read(), self._gpu_lock:
             if allowed_ids is None:
                 return self._gpu_search(queries, k)
             allowed = distinct_sorted(as_id_array(allowed_ids))

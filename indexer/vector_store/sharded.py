@@ -64,6 +64,7 @@ from indexer.vector_store.base import (
 )
 from indexer.vector_store.faiss_store import MAPPABLE_PQ_NBITS
 from indexer.vector_store.flat import gpu_count
+from indexer.vector_store.locks import ReadWriteLock
 
 # Keys of a sharded store's params that belong to the sharding, not to the inner kind's sizing.
 SHARD_KEYS = ("shards", "on_disk")
@@ -119,9 +120,9 @@ class ShardedStore:
         self._new_shard = new_shard
         self._shards: list[FaissStore] = [new_shard(dict(inner)) for _ in range(self.shards)]
         self.exact = self._shards[0].exact
-        self._lock = threading.RLock()
-        self._write_lock = threading.RLock()  # as FaissStore's: held by adds, removes and a save's serialising
+        self._lock = ReadWriteLock()  # as FaissStore's: searches and a save's serialising read side by side
         self._save_lock = threading.Lock()
+        self._pool_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         # Per shard, when loaded from shard files: {"index": name, "refine": name}, and whether it is mapped.
         self._files: list[dict[str, str] | None] = [None] * self.shards
@@ -148,7 +149,7 @@ class ShardedStore:
         return [len(s) for s in self._shards]
 
     def ids(self) -> np.ndarray:
-        with self._lock:
+        with self._lock.read():
             return np.sort(np.concatenate([s.ids() for s in self._shards]))
 
     @property
@@ -160,7 +161,7 @@ class ShardedStore:
     def add(self, ids: Any, vectors: Any) -> int:
         vectors = check_vectors(vectors, self.dim)
         ids = check_ids(ids, len(vectors))
-        with self._write_lock, self._lock:
+        with self._lock.write():
             # All-or-nothing: refuse the whole batch before any shard takes a part of it.
             for shard in self._shards:
                 if len(shard._tombstones) and sorted_contains(shard._tombstones, ids).any():
@@ -183,7 +184,7 @@ class ShardedStore:
 
     def remove(self, ids: Any) -> int:
         ids = distinct_sorted(as_id_array(ids))
-        with self._write_lock, self._lock:
+        with self._lock.write():
             removed = 0
             parts = self._split(ids)
             for i, part in enumerate(parts):
@@ -199,7 +200,7 @@ class ShardedStore:
         queries = check_vectors(queries, self.dim, "queries")
         if not isinstance(k, int) or k <= 0:
             raise InvalidInput(f"k must be a positive integer, got {k!r}")
-        with self._lock:
+        with self._lock.read():
             if allowed_ids is None:
                 jobs = [(s, None) for s in self._shards if len(s)]
             else:
@@ -254,11 +255,12 @@ class ShardedStore:
                 shard.gpu_device = i % gpus
 
     def _executor(self) -> ThreadPoolExecutor:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(
-                max_workers=min(self.shards, os.cpu_count() or 1), thread_name_prefix="shard"
-            )
-        return self._pool
+        with self._pool_lock:  # searches run side by side: one makes the pool
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    max_workers=min(self.shards, os.cpu_count() or 1), thread_name_prefix="shard"
+                )
+            return self._pool
 
     def _writable(self, i: int) -> None:
         """Read a memory-mapped shard into memory before it changes (mapped FAISS data is read-only)."""
@@ -284,19 +286,18 @@ class ShardedStore:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """As `FaissStore.save`: adds and removes wait while the shards are serialised, searches do not; `on_disk`
-        stores write each changed shard's index files under the store's lock (faiss writes them from the live
-        indexes)."""
+        stores write each changed shard's index files holding the store's lock to write (faiss writes them from
+        the live indexes)."""
         path = Path(path)
         with self._save_lock:
-            with self._write_lock:
-                with self._lock:
-                    header = self._header()
-                    if self.on_disk:
-                        self._save_on_disk(path, header, self._sections(indexes=False))
-                        return
-                    for i in range(len(self._shards)):
-                        self._writable(i)  # a mapped index cannot be serialised as an in-memory one
-                sections = self._sections(indexes=True)
+            with self._lock.write():
+                if self.on_disk:
+                    self._save_on_disk(path, self._header(), self._sections(indexes=False))
+                    return
+                for i in range(len(self._shards)):
+                    self._writable(i)  # a mapped index cannot be serialised as an in-memory one
+            with self._lock.read():
+                header, sections = self._header(), self._sections(indexes=True)
             write_store_file(path, header, sections)
 
     def _header(self) -> dict[str, Any]:

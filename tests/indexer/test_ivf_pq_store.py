@@ -193,8 +193,8 @@ def test_a_search_for_many_results_does_not_keep_its_buffers(data, monkeypatch: 
     store = create_vector_store("ivf_pq", DIM)
     store.add(ids, x)
     store.search(q[:1], K)
-    kept = {name: buffer.nbytes for name, buffer in store._buffers.items()}
+    kept = {name: buffer.nbytes for name, buffer in store._buffers.__dict__.items()}
     assert kept["vectors"] == K * 64 * DIM * 4
     monkeypatch.setattr(faiss_store, "SCRATCH_MAX_BYTES", kept["vectors"])
     many = store.search(q[:1], 5 * K)  # 5x the candidates: answered, its buffer not kept
-    assert (many.ids >= 0).all() and {n: b.nbytes for n, b in store._buffers.items()} == kept
+    assert (many.ids >= 0).all() and {n: b.nbytes for n, b in store._buffers.__dict__.items()} == kept
