@@ -45,7 +45,8 @@ def prepare_demo(engine: Engine, data_dir: Path, scenes: int, photos: Path | Non
     corpus = data_dir / "demo-corpus"
     echo(f"writing {scenes} shapes-world scenes to {corpus} ...")
     manifest = write_demo_corpus(corpus, scenes)
-    items, roots = [IngestItem.manifest(manifest)], [corpus.resolve()]
+    # Absolute: a server-side path must be, and the data dir is relative by default ("./data", as `make run` has it).
+    items, roots = [IngestItem.manifest(manifest.resolve())], [corpus.resolve()]
     if photos is not None and photos.is_dir():
         items.append(IngestItem.path(photos.resolve()))
         roots.append(photos.resolve())

@@ -12,13 +12,14 @@ from factories import make_tiny_internvl_checkpoint
 from serving import BIN, free_port
 
 
-def run_demo(data_dir: Path, **settings: str) -> tuple[str, int]:
-    """Start the demo, wait until it serves, stop it; returns what it printed and how many images it indexed."""
+def run_demo(data_dir: Path, cwd: Path | None = None, **settings: str) -> tuple[str, int]:
+    """Start the demo (in `cwd`), wait until it serves, stop it; returns what it printed and how many images it
+    indexed."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("INTERNVL_SEARCH_")}
     env |= {"INTERNVL_SEARCH_DATA_DIR": str(data_dir), "INTERNVL_SEARCH_PORT": str(port)}
     env |= {f"INTERNVL_SEARCH_{k.upper()}": v for k, v in settings.items()}
-    proc = subprocess.Popen([str(BIN), "demo", "--scenes", "8"], env=env, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([str(BIN), "demo", "--scenes", "8"], env=env, stdout=subprocess.PIPE, text=True, cwd=cwd)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
@@ -39,8 +40,9 @@ def run_demo(data_dir: Path, **settings: str) -> tuple[str, int]:
 
 def test_demo_indexes_searches_in_six_languages_and_serves(tmp_path: Path) -> None:
     checkpoint = make_tiny_internvl_checkpoint(tmp_path / "ckpt")
-    out, indexed = run_demo(tmp_path / "data", encoder_checkpoint=str(checkpoint))
-    assert indexed == 8
+    # A relative data dir, as `make run` has it (the default "./data"): the corpus's manifest must still be found.
+    out, indexed = run_demo(Path("data"), cwd=tmp_path, encoder_checkpoint=str(checkpoint))
+    assert indexed == 8 and "failed 0" in out, out
     for language in ("en", "de", "fr", "es", "zh", "ja"):
         assert f"[{language}]" in out
     assert "1. " in out  # each query printed ranked hits
