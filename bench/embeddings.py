@@ -28,11 +28,6 @@ import numpy as np
 from indexer.vector_store import EmbeddingStore
 
 
-def shard_bytes(directory: Path) -> tuple[int, int]:
-    sizes = [path.stat().st_size for path in directory.glob("*.npy")]
-    return len(sizes), sum(sizes)
-
-
 def shard_sizes(directory: Path) -> dict[str, int]:
     return {path.name: path.stat().st_size for path in directory.glob("*.npy")}
 
@@ -92,12 +87,13 @@ def main() -> None:
             count = min(args.batch, args.rows - first)
             store.append(np.arange(first, first + count), rng.standard_normal((count, args.dim), dtype=np.float32))
         append_s = time.perf_counter() - start
-        shards, size = shard_bytes(directory)
+        sizes = shard_sizes(directory)
+        shards, size = len(sizes), sum(sizes.values())
         per_batch_s, rows = timed_load(store)
         start = time.perf_counter()
         store.settle()
         settle_s = time.perf_counter() - start
-        settled_shards, _ = shard_bytes(directory)
+        settled_shards = len(shard_sizes(directory))
         settled_s, rows_after = timed_load(store)
         assert rows_after == rows == args.rows
         stream = job_stream(store, directory, args, args.rows)

@@ -374,9 +374,9 @@ class FaissStore:
                 "ids": self._ids.tobytes(),
                 "tombstones": self._tombstones.tobytes(),
             }
-            if indexes and self._index is not None:
-                sections["index"] = faiss.serialize_index(self._cpu_index())
             if indexes:
+                if self._index is not None:
+                    sections["index"] = faiss.serialize_index(self._cpu_index())
                 sections.update(self._extra_sections())
         return header, sections
 

@@ -29,6 +29,7 @@ import os
 import re
 import threading
 from dataclasses import dataclass
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,12 @@ class EmbeddingStore:
     def _rows_dtype(self) -> np.dtype:
         return np.dtype([("id", "<i8"), ("vec", "<f2", (self.dim,))])
 
+    def _rows(self, ids: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+        """An add shard's rows: the ids with their vectors as float16."""
+        rows = np.empty(len(ids), dtype=self._rows_dtype())
+        rows["id"], rows["vec"] = ids, vectors
+        return rows
+
     def _shards(self) -> list[_Shard]:
         shards = []
         for path in self.directory.iterdir():
@@ -105,9 +112,7 @@ class EmbeddingStore:
             return
         if np.abs(vectors).max() > _FLOAT16_MAX:
             raise InvalidInput(f"vector components beyond ±{_FLOAT16_MAX:g} do not fit float16 storage")
-        rows = np.empty(len(ids), dtype=self._rows_dtype())
-        rows["id"], rows["vec"] = ids, vectors
-        self._write("add", rows)
+        self._write("add", self._rows(ids, vectors))
 
     def delete(self, ids: Any) -> None:
         """Record that `ids` are gone (ids never stored are fine)."""
@@ -168,9 +173,9 @@ class EmbeddingStore:
         ids, seqs = np.concatenate(add_ids or [nothing]), np.concatenate(add_seqs or [nothing])
         latest = _latest_per_id(ids, seqs)  # row of each id's newest add, ordered by id
         ids, seqs = ids[latest], seqs[latest]
-        deleted = np.concatenate(del_ids or [nothing])
-        newest = _latest_per_id(deleted, np.concatenate(del_seqs or [nothing]))
-        deleted, deleted_seqs = deleted[newest], np.concatenate(del_seqs or [nothing])[newest]
+        deleted, deleted_seqs = np.concatenate(del_ids or [nothing]), np.concatenate(del_seqs or [nothing])
+        newest = _latest_per_id(deleted, deleted_seqs)
+        deleted, deleted_seqs = deleted[newest], deleted_seqs[newest]
         if len(deleted):
             at = np.minimum(np.searchsorted(deleted, ids), len(deleted) - 1)
             deleted_after = (deleted[at] == ids) & (deleted_seqs[at] > seqs)
@@ -219,10 +224,8 @@ class EmbeddingStore:
         ids, vectors, deleted = self._net_effect(shards)
         seq = shards[-1].seq
         written = set()
-        if len(ids):
-            rows = np.empty(len(ids), dtype=self._rows_dtype())
-            rows["id"], rows["vec"] = ids, vectors  # float16 as read: no round trip
-            written.add(self._write_at(seq, "add", _encoded(rows)))
+        if len(ids):  # the vectors float16 as read: no round trip
+            written.add(self._write_at(seq, "add", _encoded(self._rows(ids, vectors))))
         if len(deleted) and not whole:
             written.add(self._write_at(seq, "del", _encoded(deleted)))
         for shard in shards:
@@ -263,13 +266,7 @@ def merge_start(sizes: list[int]) -> int | None:
 
 def _by_seq(shards: list[_Shard]) -> list[list[_Shard]]:
     """Shards grouped by sequence number: a merge writes its adds and deletions at one (see `_merge_run`)."""
-    units: list[list[_Shard]] = []
-    for shard in shards:
-        if units and units[-1][0].seq == shard.seq:
-            units[-1].append(shard)
-        else:
-            units.append([shard])
-    return units
+    return [list(unit) for _, unit in groupby(shards, key=lambda shard: shard.seq)]
 
 
 def _runs(units: list[list[_Shard]], sizes: list[int]) -> list[list[list[_Shard]]]:
