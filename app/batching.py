@@ -42,7 +42,11 @@ class _Request(Generic[T, R]):
 
 
 class MicroBatcher(Generic[T, R]):
-    """Collects items from many callers into batches for `batch_fn(list[T]) -> Sequence[R]` (same order)."""
+    """Collects items from many callers into batches for `batch_fn(list[T]) -> Sequence[R]` (same order).
+
+    An exception `batch_fn` raises reaches every caller of the batch; one it returns in an item's place reaches
+    that item's caller alone (a batch that searches several collections fails only the searches of a missing one).
+    """
 
     def __init__(
         self, name: str, batch_fn: Callable[[list[T]], Sequence[R]], *, max_batch: int = 64, max_wait_s: float = 0.005
@@ -145,4 +149,7 @@ class MicroBatcher(Generic[T, R]):
             BATCH_SECONDS.labels(self.name).observe(elapsed)
         for request, result in zip(batch, results, strict=True):
             request.future.pass_seconds = elapsed  # type: ignore[attr-defined] - read by run_timed
-            request.future.set_result(result)
+            if isinstance(result, BaseException):
+                request.future.set_exception(result)
+            else:
+                request.future.set_result(result)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from functools import partial
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import anyio
 from fastapi import Depends, HTTPException, Request
@@ -16,6 +16,7 @@ from fastapi import Depends, HTTPException, Request
 from indexer import Engine, InvalidInput, SpaceChanged
 from indexer.classify import classify_images, embed
 from indexer.engine import SWITCH_RETRIES
+from indexer.search import Hit, NearestQuery
 from indexer.vector_query import (
     collapse_duplicates,
     decode_base64,
@@ -34,6 +35,16 @@ from .batching import MicroBatcher
 from .settings import Settings
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class BatchedSearch:
+    """A search waiting in an encoder's micro-batch: its collection, its query (a text, or an image's pixels), and
+    what it asks of the nearest-neighbour search."""
+
+    collection: str
+    query: Any
+    want: NearestQuery
 
 
 # The dependencies are `async def` although they never await: FastAPI runs a plain `def` dependency in its thread
@@ -92,17 +103,15 @@ class Searcher:
         self._encoders: dict[str, Encoder] = {}
 
     def batcher(self, encoder: Encoder, kind: str = "text") -> MicroBatcher:
-        """The encoder's micro-batcher of query texts (`kind="text"`) or of query images' pixels ("image")."""
+        """The encoder's micro-batcher of searches by text (`kind="text"`) or by image pixels ("image")."""
         key = (kind, encoder.fingerprint)  # the whole fingerprint: two encoders must never share a batcher
         with self._lock:
             batcher = self._batchers.get(key)
             if batcher is None:
-                if kind == "text":
-                    encode, size = encoder.encode_texts, self.settings.text_batch_size
-                else:
-                    encode, size = partial(encode_query_pixels, encoder), self.settings.image_batch_size
+                size = self.settings.text_batch_size if kind == "text" else self.settings.image_batch_size
                 name = f"{kind}:{encoder.name}:{encoder.fingerprint[:8]}"  # the metrics label
-                batcher = MicroBatcher(name, encode, max_batch=size, max_wait_s=self.max_wait_s)
+                run = partial(self._encode_and_search, encoder, kind)
+                batcher = MicroBatcher(name, run, max_batch=size, max_wait_s=self.max_wait_s)
                 self._batchers[key] = batcher
             return batcher
 
@@ -130,7 +139,8 @@ class Searcher:
             raise InvalidInput(f"k must be at most {self.settings.max_k}, got {req.k}")
         spent: list[float] = []  # seconds of engine work, where it ran (sent as Server-Timing)
         if self.batching:
-            hits = await self._batched_search(req, upload, spent)
+            want = NearestQuery(req.k, req.offset, req.filter, req.min_score, req.image_id)  # refused here if invalid
+            hits = await self._batched_search(req, want, upload, spent)
         else:  # Engine.search_encoded encodes again itself when the collection switches encoders meanwhile
             hits = await self._in_pool(self._search_now, req, upload, spent=spent)
         if req.collapse_duplicates:
@@ -141,12 +151,6 @@ class Searcher:
         )
         response._engine_ms = sum(spent) * 1000
         return response
-
-    def _nearest(self, req: schemas.SearchRequest, query, encoder: Encoder) -> list:  # noqa: ANN001 - (1, dim) array
-        return self.engine.search_vector(
-            req.collection, query, k=req.k, filter=req.filter, min_score=req.min_score, offset=req.offset,
-            exclude=req.image_id, fingerprint=encoder.fingerprint,
-        )  # fmt: skip
 
     def _search_now(self, req: schemas.SearchRequest, upload: bytes | None) -> list:
         """The search in the calling thread: encode (text or image), then nearest, with one look at the catalog."""
@@ -161,11 +165,12 @@ class Searcher:
             exclude=req.image_id,
         )  # fmt: skip
 
-    async def _batched_search(self, req: schemas.SearchRequest, upload: bytes | None, spent: list[float]) -> list:
-        """A query encoded in a batch with other requests' (MicroBatcher), awaited without holding a thread, then
-        searched in the pool: one trip to it for a text once the collection's encoder is known; for an image see
-        `_batched_image_search`. Encoded again when the collection switched encoders meanwhile (SpaceChanged), with
-        the encoder looked up anew."""
+    async def _batched_search(
+        self, req: schemas.SearchRequest, want: NearestQuery, upload: bytes | None, spent: list[float]
+    ) -> list[Hit]:
+        """A search encoded and searched in a batch with other requests' (MicroBatcher), awaited without holding a
+        thread; for an image see `_batched_image_search`. Encoded again when the collection switched encoders
+        meanwhile (SpaceChanged), with the encoder looked up anew."""
         retries, encoder = SWITCH_RETRIES, self._encoders.get(req.collection)
         while True:
             if encoder is None:
@@ -173,10 +178,10 @@ class Searcher:
                 self._encoders[req.collection] = encoder
             try:
                 if req.text is None:
-                    return await self._batched_image_search(req, upload, encoder, spent)
-                query, pass_s = await self.batcher(encoder).run_timed(req.text)
+                    return await self._batched_image_search(req, want, upload, encoder, spent)
+                hits, pass_s = await self.batcher(encoder).run_timed(BatchedSearch(req.collection, req.text, want))
                 spent.append(pass_s)
-                return await self._in_pool(self._nearest, req, query.reshape(1, -1), encoder, spent=spent)
+                return hits
             except SpaceChanged:
                 retries -= 1
                 if not retries:
@@ -184,29 +189,58 @@ class Searcher:
                 encoder = None
 
     async def _batched_image_search(
-        self, req: schemas.SearchRequest, upload: bytes | None, encoder: Encoder, spent: list[float]
-    ) -> list:
+        self, req: schemas.SearchRequest, want: NearestQuery, upload: bytes | None, encoder: Encoder,
+        spent: list[float],
+    ) -> list[Hit]:  # fmt: skip
         """The image is fetched and decoded on a pool thread; when no other image is being encoded meanwhile, that
         thread encodes it and searches too (one trip, as unbatched), otherwise its pixels join the next batch."""
         batcher = self.batcher(encoder, "image")
-        pixels, hits = await self._in_pool(self._image_search_if_idle, batcher, encoder, req, upload, spent=spent)
+        search = BatchedSearch(req.collection, None, want)
+        pixels, hits = await self._in_pool(
+            self._image_search_if_idle, batcher, encoder, search, req, upload, spent=spent
+        )
         if hits is not None:
             return hits
-        query, pass_s = await batcher.run_timed(pixels)
+        hits, pass_s = await batcher.run_timed(replace(search, query=pixels))
         spent.append(pass_s)
-        return await self._in_pool(self._nearest, req, query.reshape(1, -1), encoder, spent=spent)
+        return hits
 
     def _image_search_if_idle(
-        self, batcher: MicroBatcher, encoder: Encoder, req: schemas.SearchRequest, upload: bytes | None
-    ) -> tuple[object, list | None]:
+        self, batcher: MicroBatcher, encoder: Encoder, search: BatchedSearch, req: schemas.SearchRequest,
+        upload: bytes | None,
+    ) -> tuple[object, list[Hit] | None]:  # fmt: skip
         pixels = self._query_pixels(encoder, req, upload)  # before the claim: a slow download holds up no one
         if not batcher.claim_idle():
             return pixels, None
         try:
-            query = encode_query_pixels(encoder, [pixels])
+            found = self._encode_and_search(encoder, "image", [replace(search, query=pixels)])[0]
         finally:
             batcher.release()
-        return None, self._nearest(req, query, encoder)
+        if isinstance(found, Exception):
+            raise found
+        return None, found
+
+    def _encode_and_search(
+        self, encoder: Encoder, kind: str, searches: list[BatchedSearch]
+    ) -> list[list[Hit] | Exception]:
+        """A micro-batch's pass: its queries encoded together, then each collection's searched in one call (one
+        look at the catalog, one store search for the unfiltered queries, one read of the hits' rows). A
+        collection's error (deleted, switched encoders) is returned in the place of its searches alone."""
+        queries = [search.query for search in searches]
+        vectors = encoder.encode_texts(queries) if kind == "text" else encode_query_pixels(encoder, queries)
+        results: list[list[Hit] | Exception] = [[] for _ in searches]
+        by_collection: dict[str, list[int]] = {}
+        for i, search in enumerate(searches):
+            by_collection.setdefault(search.collection, []).append(i)
+        for collection, members in by_collection.items():
+            wants = [searches[i].want for i in members]
+            try:
+                found = self.engine.search_vectors(collection, vectors[members], wants, fingerprint=encoder.fingerprint)
+            except Exception as exc:  # noqa: BLE001 - it belongs to this collection's searches, not to the batch
+                found = [exc] * len(members)
+            for i, hits in zip(members, found, strict=True):
+                results[i] = hits
+        return results
 
     async def _in_pool(self, fn: Callable[..., T], *args: object, spent: list[float]) -> T:
         """`fn(*args)` on a pool thread, at most `settings.search_threads` at once; the seconds it ran are appended

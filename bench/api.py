@@ -8,6 +8,7 @@ decoded by the server) are also sent at 1, 8 and 32 clients, batching on and off
     python -m bench.api                                   # tiny random InternVL checkpoint, 200 images
     python -m bench.api --checkpoint path/to/internvl-c --images 2000 --requests 400 --device cuda
     python -m bench.api --vectors 100000                  # + 100k synthetic vectors: searches over 100,200
+    python -m bench.api --vectors 100000 --index-kind flat   # the same, searched exactly
 
 `--vectors N` grows the collection without encoding N images: after the real images are ingested, N clustered
 random unit vectors (bench/search.py's mixture, the encoder's dimension) are written as catalog rows + embeddings +
@@ -64,7 +65,7 @@ def make_engine(root: Path, args: argparse.Namespace) -> Engine:
         device=args.device, job_workers=1,
     )  # fmt: skip
     engine = Engine(config).open()
-    engine.create_collection("bench")
+    engine.create_collection("bench", index_kind=args.index_kind)
     rng = np.random.default_rng(0)
     items = []
     for i in range(args.images):
@@ -318,6 +319,7 @@ def main() -> None:
     parser.add_argument(
         "--vectors", type=int, default=0, help="synthetic vectors added to the collection (e.g. 100000)"
     )
+    parser.add_argument("--index-kind", default="auto", help="the collection's index kind (flat, hnsw, ...)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.requests < 1 or args.requests > 100_000:

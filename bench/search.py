@@ -35,6 +35,9 @@ those searches shows how long a save holds searches up.
 Parallel single queries: the same 200 single-query searches from one thread, then split over one thread per core,
 QPS each way (`parallel_single_queries`): whether one store answers concurrent requests side by side.
 
+Batched queries (flat): ms per query when 1, 8, 32 or 128 queries come in one call, as a micro-batch of searches
+does, with this project's BLAS threshold against faiss's default (`batched_queries`).
+
 Exact (flat) single-query latency is also set against its memory-bandwidth bound: one query reads every vector
 once (n x d x 4 bytes), so it cannot take less than those bytes / the read bandwidth of one core, measured in the
 same process (`read_bandwidth`, the best of a few passes over a 512 MiB array) just before the latencies.
@@ -56,6 +59,7 @@ import numpy as np
 
 from indexer.search import one_omp_thread
 from indexer.vector_store import create_vector_store, list_vector_store_kinds
+from indexer.vector_store.flat import BLAS_MIN_FLOATS
 
 K = 10
 # Noise norm relative to the unit centre: 1.5 puts a point at cosine ~0.55 to its centre (clusters overlap).
@@ -65,6 +69,7 @@ LID_NEIGHBOURS = 100
 TARGET_RECALL = 0.95
 # Efforts tried for the operating points (clipped to what the index has: every node, every list).
 UPDATE_BATCH = 32
+FAISS_BLAS_THRESHOLD = 128_000  # faiss 1.15's own, which flat.py lowers
 UPDATE_ROUNDS = 20
 EFFORTS = {"hnsw": [16, 32, 64, 128, 256, 512, 1024], "ivf": [4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048]}
 
@@ -214,6 +219,31 @@ def parallel_searches(store, queries: np.ndarray) -> dict:  # noqa: ANN001
             "speedup": round(many / one, 2)}  # fmt: skip
 
 
+def batched_queries(store, queries: np.ndarray, sizes: tuple[int, ...] = (1, 2, 4, 8, 32, 128)) -> dict:  # noqa: ANN001
+    """ms per query when n queries come in one call (a micro-batch of searches), on all cores, best of 3 calls:
+    with this project's BLAS threshold (flat.BLAS_MIN_FLOATS) against faiss's default one (the baseline: one pass
+    over the store per query for any batch of fewer than 128,000 floats), alternating."""
+
+    def best_ms(batch: np.ndarray, threshold: int) -> float:
+        times = []
+        faiss.cvar.distance_compute_blas_threshold = threshold
+        try:
+            for _ in range(3):
+                start = time.perf_counter()
+                store.search(batch, K)
+                times.append(time.perf_counter() - start)
+        finally:
+            faiss.cvar.distance_compute_blas_threshold = BLAS_MIN_FLOATS
+        return min(times) * 1e3 / len(batch)
+
+    report = {}
+    for n in sizes:
+        ours, default = best_ms(queries[:n], BLAS_MIN_FLOATS), best_ms(queries[:n], FAISS_BLAS_THRESHOLD)
+        report[str(n)] = {"ms_per_query": round(ours, 3), "faiss_default_ms_per_query": round(default, 3),
+                          "speedup": round(default / ours, 2)}  # fmt: skip
+    return report
+
+
 def read_bandwidth(repeats: int = 5) -> float:
     """Bytes/s one thread reads: the best of `repeats` matrix-vector products over a 512 MiB float32 matrix (what
     a single-query flat scan does: stream every vector once, two FLOPs per 4 bytes), on one torch thread."""
@@ -267,6 +297,7 @@ def bench_kind(  # noqa: ANN001
     if bound_ms is not None:
         report["bandwidth_bound_ms"] = round(bound_ms, 3)
         report["latency_vs_bound"] = round(p50 / bound_ms, 2)
+        report["batched_queries"] = batched_queries(store, queries)
     for pct, ids_allowed in allowed.items():
         start = time.perf_counter()
         filtered = store.search(queries[:200], K, allowed_ids=ids_allowed).ids

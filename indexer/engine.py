@@ -24,18 +24,25 @@ import numpy as np
 from PIL import Image
 from sqlalchemy.orm import Session
 
-from indexer import model_switch
+from indexer import job_api, model_switch
 from indexer.catalog import reads, repo, spaces
 from indexer.catalog.db import check_schema_current, make_engine, make_sessionmaker, session_scope
 from indexer.config import EngineConfig
 from indexer.errors import Conflict, InvalidInput, NotFound, SpaceChanged
 from indexer.info import CollectionInfo, ImageInfo
-from indexer.jobs import JobInfo, JobRuntime, JobWorker, create_ingest_job, job_info, orphaned_jobs, sweep_staging
+from indexer.jobs import JobRuntime, JobWorker, sweep_staging
 from indexer.live import LiveCollection, ReconcileReport, Space, reconcile, target_kind
 from indexer.metadata import check_metadata
-from indexer.pipeline.sources import IngestItem
 from indexer.refresh import IndexRefresher
-from indexer.search import Hit, check_filter, check_query, hydrate, image_query_vector, nearest, text_query_vector
+from indexer.search import (
+    Hit,
+    NearestQuery,
+    check_query,
+    hydrate,
+    image_query_vector,
+    nearest,
+    text_query_vector,
+)
 from indexer.storage import remove_orphans
 from internvl_models import CheckpointError, Encoder, create_encoder
 
@@ -44,13 +51,11 @@ log = logging.getLogger("internvl_search.engine")
 SWITCH_RETRIES = 3
 # How long a reader serves another process's saved index before trying that writer's lock again (see `_live`).
 BUSY_RETRY_S = 1.0
-# How often a server looks for jobs that no process is running (a replica died, or queued them and stopped).
-JOB_SWEEP_S = 10.0
 
 
-class Engine(model_switch.EncoderSwitching):
-    """Collections, ingestion and search over one data directory and catalog database; switching a collection to
-    another encoder comes from `EncoderSwitching`."""
+class Engine(job_api.JobControl, model_switch.EncoderSwitching):
+    """Collections, ingestion and search over one data directory and catalog database; the ingestion jobs' API
+    comes from `JobControl`, switching a collection to another encoder from `EncoderSwitching`."""
 
     def __init__(
         self,
@@ -346,96 +351,6 @@ class Engine(model_switch.EncoderSwitching):
                 reports.append(live.report)
         return reports
 
-    # --- ingestion ----------------------------------------------------------------------------------------------
-
-    def submit(
-        self,
-        collection: str,
-        items: Sequence[IngestItem],
-        *,
-        metadata: Mapping[str, Any] | None = None,
-        extra_roots: Sequence[Path] = (),
-        start: bool = True,
-    ) -> int:
-        """Queue an ingestion job and return its id; a background thread runs it unless `start=False`.
-
-        `metadata` is merged under each item's own. `extra_roots` are server folders this job alone may read (for
-        an operator's CLI call; never pass caller-controlled paths here).
-        """
-        live = self._live_by_name(collection)
-        self._collection_encoder(live)  # refuse now, not in the background, when the weights do not match
-        job_id = create_ingest_job(
-            self.sessions, self.config.data_dir, live.id, items, metadata=metadata, extra_roots=extra_roots
-        )
-        if start and self._worker is not None:
-            self._worker.enqueue(job_id)
-        return job_id
-
-    def run_job(self, job_id: int, *, progress: Callable[[JobInfo], None] | None = None) -> JobInfo:
-        """Run a job in the calling thread (resuming an interrupted one, retrying a failed one); its final state."""
-        with session_scope(self.sessions) as session:
-            if repo.get_job(session, job_id).state == "failed":
-                repo.set_job_state(session, job_id, "queued")  # its pending items are all that is left to do
-        self._runtime.execute(job_id, threading.Event(), progress)
-        return self.get_job(job_id)
-
-    def resume_jobs(self) -> list[int]:
-        """Queue every job left queued or running (interrupted) by an earlier process; returns their ids."""
-        with session_scope(self.sessions) as session:
-            ids = [job.id for job in repo.resumable_jobs(session)]
-        for job_id in ids:
-            self._worker.enqueue(job_id)
-        return ids
-
-    def watch_jobs(self, interval_s: float = JOB_SWEEP_S) -> None:
-        """Run, from now on, jobs no process is running (see `jobs.orphaned_jobs`), looked for every `interval_s`:
-        what a server does, so that replicas sharing a catalog take over each other's queued and interrupted jobs."""
-        self._worker.sweep(lambda: orphaned_jobs(self), interval_s)
-
-    def get_job(self, job_id: int, *, failures: int = 20) -> JobInfo:
-        with session_scope(self.sessions) as session:
-            job = repo.get_job(session, job_id)
-            return job_info(session, job, repo.get_collection_by_id(session, job.collection_id).name, failures)
-
-    def list_jobs(
-        self, collection: str | None = None, *, states: Sequence[str] | None = None, limit: int = 100
-    ) -> list[JobInfo]:
-        with session_scope(self.sessions) as session:
-            collection_id = repo.get_collection(session, collection).id if collection else None
-            jobs = repo.list_jobs(session, collection_id=collection_id, states=states, limit=limit)
-            names = {row.id: row.name for row in repo.list_collections(session)}
-            return [job_info(session, job, names.get(job.collection_id, "?"), failures=0) for job in jobs]
-
-    def retry_job(self, job_id: int) -> JobInfo:
-        """Queue a failed job again in the background (after a full disk, say): its pending items are what is left.
-        An interrupted (queued or running) job is queued as well; `Conflict` for one that is done or cancelled."""
-        with session_scope(self.sessions) as session:
-            state = repo.get_job(session, job_id).state
-            if state in ("done", "cancelled"):
-                raise Conflict(f"job {job_id} is {state}; only a failed or interrupted job can be retried")
-            if state == "failed":
-                repo.set_job_state(session, job_id, "queued")
-        if self._worker is not None:
-            self._worker.enqueue(job_id)
-        return self.get_job(job_id)
-
-    def cancel_job(self, job_id: int) -> JobInfo:
-        """Cancel a queued or running job; a running one stops at its next batch, keeping what it wrote."""
-        with session_scope(self.sessions) as session:
-            job = repo.get_job(session, job_id)
-            if job.state in ("queued", "running"):
-                repo.set_job_state(session, job_id, "cancelled")
-        return self.get_job(job_id)
-
-    def wait_job(self, job_id: int, timeout_s: float | None = None, poll_s: float = 0.05) -> JobInfo:
-        """Block until the job finishes (or `timeout_s` passes) and return its state."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while True:
-            info = self.get_job(job_id)
-            if info.finished or (deadline is not None and time.monotonic() >= deadline):
-                return info
-            time.sleep(poll_s)
-
     # --- search and images --------------------------------------------------------------------------------------
 
     def search(
@@ -479,15 +394,14 @@ class Engine(model_switch.EncoderSwitching):
         """Search with the (1, dim) query vector `encode(encoder)` makes with the collection's encoder. One look at
         the catalog serves the encoder lookup and the search (it was one each), and the query is encoded again when
         the collection switches encoders in between (SpaceChanged)."""
-        check_query(None, None, 0, k, offset)  # validates k and offset; the query itself comes from `encode`
-        check_filter(filter)
+        want = NearestQuery(k, offset, filter, min_score, exclude)
         retries = SWITCH_RETRIES
         while True:
             live = self._fresh(collection)
             encoder = self._collection_encoder(live)
             query = encode(encoder)
             try:
-                return self._nearest_hits(live, query, k, filter, min_score, offset, exclude, encoder.fingerprint)
+                return self._nearest_hits(live, query, [want], encoder.fingerprint)[0]
             except SpaceChanged:
                 retries -= 1
                 if not retries:
@@ -509,28 +423,37 @@ class Engine(model_switch.EncoderSwitching):
         exclude: int | None = None,
         fingerprint: str | None = None,
     ) -> list[Hit]:
-        """Search from a (1, dim) unit vector of the collection's encoder (for callers that batch their encoding).
+        """Search from a (1, dim) unit vector of the collection's encoder; `search_vectors` for one query."""
+        want = NearestQuery(k, offset, filter, min_score, exclude)
+        return self.search_vectors(collection, query, [want], fingerprint=fingerprint)[0]
 
-        `fingerprint` is that of the encoder the query came from: `SpaceChanged` when the collection switched
-        encoders since (encode the query again), rather than an answer from a space the query is not in."""
-        check_query(None, None, 0, k, offset)  # validates k and offset; the query itself is the vector
-        check_filter(filter)
-        return self._nearest_hits(self._fresh(collection), query, k, filter, min_score, offset, exclude, fingerprint)
+    def search_vectors(
+        self, collection: str, queries: np.ndarray, wants: Sequence[NearestQuery], *, fingerprint: str | None = None
+    ) -> list[list[Hit]]:
+        """The hits of each of n queries given as (n, dim) unit vectors of the collection's encoder, each as its
+        `NearestQuery` asks, for callers that batch their encoding: one look at the catalog, one store search for
+        the unfiltered queries together, one read of the hits' rows.
 
-    def _nearest_hits(  # the search's parameters, checked by the public callers
-        self, live: LiveCollection, query: np.ndarray, k: int, filter: Mapping[str, Any] | None,
-        min_score: float | None, offset: int, exclude: int | None, fingerprint: str | None,
-    ) -> list[Hit]:  # fmt: skip
+        `fingerprint` is that of the encoder the queries came from: `SpaceChanged` when the collection switched
+        encoders since (encode them again), rather than an answer from a space they are not in."""
+        return self._nearest_hits(self._fresh(collection), queries, wants, fingerprint)
+
+    def _nearest_hits(
+        self, live: LiveCollection, queries: np.ndarray, wants: Sequence[NearestQuery], fingerprint: str | None
+    ) -> list[list[Hit]]:
         space, store = live.serving()
         if fingerprint is not None and fingerprint != space.fingerprint:
             raise SpaceChanged(f"collection {live.name!r} switched encoders while the query was encoded; retry")
-        query = np.asarray(query, dtype=np.float32).reshape(1, -1)
-        if query.shape[1] != space.dim:
-            raise InvalidInput(f"query vector has {query.shape[1]} dimensions, the collection {space.dim}")
-        with session_scope(self.sessions) as session:  # one connection for the filter's ids and the hits' rows
-            allowed = repo.ids_matching_filter(session, live.id, filter) if filter else None
-            pairs = nearest(store, query, k=k, offset=offset, allowed=allowed, min_score=min_score, exclude=exclude)
-            return hydrate(session, live.id, pairs)
+        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        if queries.ndim != 2 or len(queries) != len(wants):
+            raise InvalidInput(
+                f"{len(wants)} searches need {len(wants)} query vectors, got an array of {queries.shape}"
+            )
+        if queries.shape[1] != space.dim:
+            raise InvalidInput(f"query vector has {queries.shape[1]} dimensions, the collection {space.dim}")
+        with session_scope(self.sessions) as session:  # one connection for the filters' ids and the hits' rows
+            allowed = [repo.ids_matching_filter(session, live.id, w.filter) if w.filter else None for w in wants]
+            return hydrate(session, live.id, nearest(store, queries, wants, allowed))
 
     def _image_row(self, session: Session, collection: str, image_id: int):  # noqa: ANN202 - tables.Image
         row = repo.get_collection(session, collection)

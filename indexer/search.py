@@ -8,8 +8,8 @@ effort rather than post-filtering a fixed candidate list).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,7 @@ from PIL import Image
 from sqlalchemy.orm import Session
 
 from indexer.catalog import reads
+from indexer.catalog.filters import parse_filter
 from indexer.errors import InvalidInput
 from indexer.pipeline.decode import DECODE_TIMEOUT_S, DecodeError, decode_image
 from indexer.vector_store import VectorStore
@@ -47,6 +48,10 @@ def check_query(text: str | None, image: Any, image_id: int | None, k: int, offs
         raise InvalidInput(f"give exactly one of text, image or image_id (got {given or 'none'})")
     if text is not None and (not isinstance(text, str) or not text.strip()):
         raise InvalidInput("text must be a non-empty string")
+    check_rank(k, offset)
+
+
+def check_rank(k: int, offset: int) -> None:
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
         raise InvalidInput(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
     if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= MAX_K:
@@ -78,28 +83,58 @@ def text_query_vector(encoder: Encoder, text: str) -> np.ndarray:
     return encoder.encode_texts([text])
 
 
+@dataclass(frozen=True)
+class NearestQuery:
+    """What a search asks besides its vector: ranks offset..offset+k, within `filter`, at or above `min_score`,
+    without the image `exclude` (the query image itself)."""
+
+    k: int = 10
+    offset: int = 0
+    filter: Mapping[str, Any] | None = None
+    min_score: float | None = None
+    exclude: int | None = None
+
+    def __post_init__(self) -> None:  # refused when made, before any work for its search (or its batch) is done
+        check_rank(self.k, self.offset)
+        check_filter(self.filter)
+
+    @property
+    def depth(self) -> int:
+        """How many nearest vectors the store must return for this query."""
+        return min(self.k + self.offset + (1 if self.exclude is not None else 0), MAX_K + 1)
+
+    def ranked(self, ids: np.ndarray, scores: np.ndarray) -> list[tuple[int, float]]:
+        """(id, score) pairs ranked offset..offset+k from one query's store result row, best first."""
+        pairs = [
+            (int(i), float(s))
+            for i, s in zip(ids, scores)
+            if i >= 0 and i != self.exclude and (self.min_score is None or s >= self.min_score)
+        ]
+        return pairs[self.offset : self.offset + self.k]
+
+
 def nearest(
-    store: VectorStore,
-    query: np.ndarray,
-    *,
-    k: int,
-    offset: int,
-    allowed: np.ndarray | None,
-    min_score: float | None,
-    exclude: int | None = None,
-) -> list[tuple[int, float]]:
-    """(id, score) pairs ranked offset..offset+k, best first; `exclude` drops the query image itself."""
-    if allowed is not None and not len(allowed):
-        return []
-    want = k + offset + (1 if exclude is not None else 0)
-    with one_omp_thread():
-        result = store.search(query, min(want, MAX_K + 1), allowed_ids=allowed)
-    pairs = [
-        (int(i), float(s))
-        for i, s in zip(result.ids[0], result.scores[0])
-        if i >= 0 and i != exclude and (min_score is None or s >= min_score)
-    ]
-    return pairs[offset : offset + k]
+    store: VectorStore, queries: np.ndarray, wants: Sequence[NearestQuery], allowed: Sequence[np.ndarray | None]
+) -> list[list[tuple[int, float]]]:
+    """Each query's (id, score) pairs as its `NearestQuery` asks, `allowed` being its filter's ids (None: all).
+
+    The unfiltered queries are searched in one call, at the depth the deepest of them needs (a deeper search is
+    never worse for the others): an exact store scores a batch with one matrix product (FlatStore), a graph or an
+    IVF index spreads it over its threads. A filtered query is searched alone, within its ids."""
+    found: list[list[tuple[int, float]]] = [[] for _ in wants]
+    plain = [i for i, ids in enumerate(allowed) if ids is None]
+    for i, ids in enumerate(allowed):
+        if ids is not None and len(ids):
+            with one_omp_thread():
+                result = store.search(queries[i : i + 1], wants[i].depth, allowed_ids=ids)
+            found[i] = wants[i].ranked(result.ids[0], result.scores[0])
+    if plain:
+        # One query cannot use two threads well (see one_omp_thread); a batch spreads its queries over them.
+        with one_omp_thread() if len(plain) == 1 else nullcontext():
+            result = store.search(queries[plain], max(wants[i].depth for i in plain))
+        for row, i in enumerate(plain):
+            found[i] = wants[i].ranked(result.ids[row], result.scores[row])
+    return found
 
 
 @contextmanager
@@ -117,9 +152,13 @@ def one_omp_thread() -> Iterator[None]:
         faiss.omp_set_num_threads(previous)
 
 
-def hydrate(session: Session, collection_id: int, pairs: list[tuple[int, float]]) -> list[Hit]:
-    """Catalog rows for the ranked ids; ids no longer indexed (deleted in the meantime) are dropped."""
-    images = reads.image_hit_rows(session, [i for i, _ in pairs])
+def hydrate(session: Session, collection_id: int, ranked: Sequence[list[tuple[int, float]]]) -> list[list[Hit]]:
+    """Catalog rows for each query's ranked ids, read at once; ids no longer indexed (deleted meanwhile) are dropped."""
+    images = reads.image_hit_rows(session, list({i for pairs in ranked for i, _ in pairs}))
+    return [_hits(images, collection_id, pairs) for pairs in ranked]
+
+
+def _hits(images: Mapping[int, Any], collection_id: int, pairs: list[tuple[int, float]]) -> list[Hit]:
     hits = []
     for image_id, score in pairs:
         image = images.get(image_id)
@@ -141,5 +180,7 @@ def hydrate(session: Session, collection_id: int, pairs: list[tuple[int, float]]
 
 
 def check_filter(filter: Mapping[str, Any] | None) -> None:
+    """Refuse an invalid filter before any work is done for its search (a batched search must not fail its batch)."""
     if filter is not None and not isinstance(filter, Mapping):
         raise InvalidInput("filter must be a JSON object")
+    parse_filter(filter)

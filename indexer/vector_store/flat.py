@@ -34,6 +34,14 @@ GPU_MAX_K = 2048
 
 # Query rows scored at once on the torch path: bounds the (rows x n) score matrix to 1 GiB of float32.
 TORCH_SCORE_BYTES = 2**30
+# faiss scores a batch of queries with one matrix product (BLAS) per block of stored vectors once queries x dim
+# reaches this many floats, and below it scans the whole index once per query. Its default, 128,000 (167 queries
+# at 768 dimensions, 2,000 at 64), left every micro-batch of searches on the per-query scan; at 2,048 a batch
+# switches at 3+ queries of 768 dimensions, 16+ of 128, 32+ of 64, and a single query never does (up to 2,048
+# dimensions). 32 queries of 768-d over 50k vectors: 3.40 -> 0.64 ms per query, 2 threads (bench/RESULTS.md,
+# "Searching a micro-batch"). It is a process-wide setting of faiss; set here, where every store is built from.
+BLAS_MIN_FLOATS = 2048
+faiss.cvar.distance_compute_blas_threshold = BLAS_MIN_FLOATS
 
 
 def faiss_gpus() -> int:

@@ -53,6 +53,23 @@ def test_a_failing_batch_fails_every_caller_in_it_and_the_batcher_survives() -> 
         batcher.close()
 
 
+def test_an_exception_returned_for_an_item_fails_that_caller_alone() -> None:
+    gate = threading.Event()
+
+    def checked(items: list[int]) -> list[int | Exception]:
+        gate.wait(5)  # the first pass holds the worker until all items are queued, so the rest share one batch
+        return [ValueError(f"{x} is odd") if x % 2 else x for x in items]
+
+    batcher = MicroBatcher("odd", checked, max_batch=8, max_wait_s=0.0)
+    try:
+        futures = [batcher.submit(x) for x in range(5)]
+        gate.set()
+        assert [f.result(timeout=5) for f in futures if not f.exception(timeout=5)] == [0, 2, 4]
+        assert [str(f.exception()) for f in futures[1::2]] == ["1 is odd", "3 is odd"]
+    finally:
+        batcher.close()
+
+
 def test_wrong_result_count_is_an_error_not_a_hang() -> None:
     batcher = MicroBatcher("short", lambda items: items[:-1], max_batch=4, max_wait_s=0.0)
     try:

@@ -89,15 +89,38 @@ def test_a_search_looks_the_collection_up_once(engine: Engine) -> None:
     assert collection_lookups(engine, lambda: run_searches(searcher, ["a red square"])) == 1
 
 
-@pytest.mark.parametrize("batching", [False, True])
-def test_no_more_searches_run_at_once_than_search_threads(
-    engine: Engine, monkeypatch: pytest.MonkeyPatch, batching: bool
-) -> None:
-    overlap = Overlap(engine, "_nearest_hits", monkeypatch)  # the stage both paths end in
-    searcher = Searcher(engine, load_settings(search_threads=2), batching=batching)
+def test_no_more_searches_run_at_once_than_search_threads(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    overlap = Overlap(engine, "_nearest_hits", monkeypatch)  # where each unbatched search ends, on a pool thread
+    searcher = Searcher(engine, load_settings(search_threads=2), batching=False)
     answers = run_searches(searcher, [f"query {i}" for i in range(8)])
     assert [len(a.results) for a in answers] == [3] * 8
     assert overlap.calls == 8 and overlap.most == 2  # 8 waited for 2 threads (anyio's default pool has 40)
+
+
+def test_batched_text_searches_are_searched_together(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Queries that wait for the batcher meanwhile are encoded in one pass and searched in one call of the engine
+    (one catalog look, one store search, one read of the rows), on the batcher's thread; each gets the answer it
+    gets alone, with its own k, offset and filter."""
+    texts = [f"query {i}" for i in range(8)]
+    asks = [dict(k=1 + i % 3, offset=i % 2) for i in range(8)]
+    asks[5]["filter"] = {"no_such_key": {"exists": True}}  # matches no image: an empty answer, the others unharmed
+    alone = [[h.id for h in engine.search("pics", text=t, **ask)] for t, ask in zip(texts, asks, strict=True)]
+    overlap = Overlap(engine, "_nearest_hits", monkeypatch)
+    searcher = Searcher(engine, load_settings(search_threads=2), batching=True)
+    searcher._encoders["pics"] = engine.collection_encoder("pics")  # known: every query goes to the batcher at once
+
+    async def all_at_once() -> list:
+        requests = [SearchRequest(collection="pics", text=t, **ask) for t, ask in zip(texts, asks, strict=True)]
+        return await asyncio.gather(*(searcher.search(r) for r in requests))
+
+    try:
+        answers = asyncio.run(all_at_once())
+    finally:
+        searcher.close()
+    assert [[h.id for h in a.results] for a in answers] == alone
+    assert alone[5] == [] and all(alone[i] for i in range(8) if i != 5)
+    # The worker takes what is queued when it wakes (the first query, or more); the rest form the next batch.
+    assert overlap.calls <= 2 and overlap.most == 1
 
 
 def test_a_batched_query_learns_the_encoder_once_and_encodes_again_after_a_switch(
@@ -158,3 +181,22 @@ def test_concurrent_image_queries_share_a_pass_and_get_their_own_answers(
     assert [[h.id for h in a.results] for a in (*lone, *answers)] == [alone[0], *alone]
     sizes = [size for size, _ in passes]
     assert sum(sizes) == len(images) and len(sizes) < len(images), passes
+
+
+def test_a_batch_over_two_collections_fails_only_the_searches_of_a_missing_one(engine: Engine) -> None:
+    from app.deps import BatchedSearch
+    from indexer import NotFound
+    from indexer.search import NearestQuery
+
+    searcher = Searcher(engine, load_settings(), batching=True)
+    encoder = engine.collection_encoder("pics")
+    want = NearestQuery(k=2)
+    searches = [BatchedSearch("pics", "a red square", want), BatchedSearch("gone", "a red square", want),
+                BatchedSearch("pics", "a blue square", NearestQuery(k=1, offset=1))]  # fmt: skip
+    try:
+        found = searcher._encode_and_search(encoder, "text", searches)
+    finally:
+        searcher.close()
+    assert [h.id for h in found[0]] == [h.id for h in engine.search("pics", text="a red square", k=2)]
+    assert isinstance(found[1], NotFound) and "gone" in str(found[1])
+    assert [h.id for h in found[2]] == [h.id for h in engine.search("pics", text="a blue square", k=1, offset=1)]

@@ -13,6 +13,7 @@ import pytest
 from hostile import cached_encoder_factory, engine_config, image_bytes, tiny_checkpoint, write_images
 
 from indexer import Conflict, Engine, IngestItem, InvalidInput, NotFound, SchemaNotCurrent
+from indexer.search import NearestQuery
 from indexer.vector_store import EmbeddingStore
 
 
@@ -88,6 +89,30 @@ def test_ingest_search_filter_and_delete(engine: Engine, tmp_path: Path) -> None
         engine.get_image("photos", top.id)
     with pytest.raises(NotFound):
         engine.delete_images("photos", [top.id])
+
+
+def test_search_vectors_answers_each_query_as_alone(engine: Engine, tmp_path: Path) -> None:
+    """Several queries in one call (what a micro-batch of searches makes): each with its own k, offset, min_score,
+    filter and excluded image gets what `search_vector` gives it alone; bad input is refused before any search."""
+    photos = write_images(tmp_path / "photos", 10)
+    engine.create_collection("photos")
+    engine.run_job(engine.submit("photos", [IngestItem.path(p, {"n": i}) for i, p in enumerate(photos)]))
+    encoder = engine.collection_encoder("photos")
+    queries = encoder.encode_texts(["red", "a blue square", "green", "white", "black"])
+    wants = [NearestQuery(k=3), NearestQuery(k=2, offset=2), NearestQuery(k=10, min_score=0.0),
+             NearestQuery(k=4, filter={"n": {"lt": 5}}), NearestQuery(k=9, exclude=1)]  # fmt: skip
+    together = engine.search_vectors("photos", queries, wants, fingerprint=encoder.fingerprint)
+    for query, want, hits in zip(queries, wants, together, strict=True):
+        alone = engine.search_vector("photos", query[None], **vars(want), fingerprint=encoder.fingerprint)
+        assert [(h.id, h.score) for h in hits] == [(h.id, pytest.approx(h.score, abs=1e-5)) for h in alone]
+    assert [len(h) for h in together[:2]] == [3, 2] and all(h.metadata["n"] < 5 for h in together[3])
+    assert 1 not in {h.id for h in together[4]}
+    with pytest.raises(InvalidInput, match="2 searches need 2 query vectors"):
+        engine.search_vectors("photos", queries, wants[:2])
+    with pytest.raises(InvalidInput, match="Unknown filter operator"):
+        NearestQuery(filter={"n": {"near": 1}})
+    with pytest.raises(InvalidInput, match="k must be"):
+        NearestQuery(k=0)
 
 
 def test_an_image_is_never_indexed_twice(engine: Engine, tmp_path: Path) -> None:
