@@ -227,6 +227,7 @@ def _engine(settings, *, load_collections: bool = False):  # noqa: ANN001, ANN20
         image_batch_size=settings.image_batch_size,
         text_batch_size=settings.text_batch_size,
         compile_images=settings.compile_images,
+        query_cache_entries=settings.query_cache_entries,
         allowed_roots=tuple(settings.allowed_root_paths()),
         allow_private_urls=settings.allow_private_urls,
         url_connect_timeout_s=settings.url_connect_timeout_s,

@@ -82,12 +82,14 @@ AdminKey = Depends(require_scope("admin"))  # destructive, service-wide operatio
 class Searcher:
     """Search, classify and embed for the HTTP layer: limits from settings, queries micro-batched per encoder.
 
-    With `batching=True`, concurrent text searches on one encoder share one forward pass, and so do concurrent
-    image searches (their pixels, once each image is fetched and decoded on its own): when the batcher is free
-    it takes every query already waiting (`max_wait_s=0`: it never holds one back to wait for others), so a lone
-    query pays nothing, and under load the queries that arrive while a batch runs form the next one. A 5 ms
-    collection window instead cost a lone query 5 ms and gave less throughput at 8-128 clients
-    (bench/RESULTS.md). With False each request encodes alone (the benchmark's baseline).
+    With `batching=True`, concurrent text searches on one encoder share one pass, and so do concurrent image
+    searches (their pixels, once each image is fetched and decoded on its own): the queries are encoded together,
+    then each collection's are searched in one engine call (one catalog look, one nearest-neighbour search, one
+    read of the hits' rows), all on the batcher's thread. When the batcher is free it takes every query already
+    waiting (`max_wait_s=0`: it never holds one back to wait for others), so a lone query pays nothing, and under
+    load the queries that arrive while a batch runs form the next one. A 5 ms collection window instead cost a
+    lone query 5 ms and gave less throughput at 8-128 clients (bench/RESULTS.md). With False each request
+    encodes and searches alone (the benchmark's baseline).
     """
 
     def __init__(self, engine: Engine, settings: Settings, *, batching: bool = True, max_wait_s: float = 0.0) -> None:
@@ -157,7 +159,7 @@ class Searcher:
 
         def encode(encoder: Encoder):  # noqa: ANN202 - (1, dim) array
             if req.text is not None:
-                return encoder.encode_texts([req.text])
+                return self.engine.text_vectors.encode(encoder, [req.text])
             return self._image_query(encoder, req, upload)
 
         return self.engine.search_encoded(
@@ -227,7 +229,10 @@ class Searcher:
         look at the catalog, one store search for the unfiltered queries, one read of the hits' rows). A
         collection's error (deleted, switched encoders) is returned in the place of its searches alone."""
         queries = [search.query for search in searches]
-        vectors = encoder.encode_texts(queries) if kind == "text" else encode_query_pixels(encoder, queries)
+        if kind == "text":
+            vectors = self.engine.text_vectors.encode(encoder, queries)
+        else:
+            vectors = encode_query_pixels(encoder, queries)
         results: list[list[Hit] | Exception] = [[] for _ in searches]
         by_collection: dict[str, list[int]] = {}
         for i, search in enumerate(searches):
@@ -290,7 +295,10 @@ class Searcher:
             raise InvalidInput(f"send 1 to {cschemas.MAX_IMAGES} images in form fields `file` and `files`")
         encoder = self.encoder_for(req.encoder, req.collection)
         images = (decode_query_image(self.engine, data) for data in self._classify_bytes(req, uploads))
-        rankings = classify_images(encoder, images, req.labels, language=req.language, templates=req.templates, k=req.k)
+        rankings = classify_images(
+            encoder, images, req.labels, language=req.language, templates=req.templates, k=req.k,
+            cache=self.engine.text_vectors,
+        )  # fmt: skip
         results = [
             cschemas.ImageLabels(image=i, labels=[cschemas.LabelOut(**asdict(r)) for r in ranked])
             for i, ranked in enumerate(rankings)

@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     compile_images: bool = Field(
         False, description="torch.compile the encoders' image towers: ~1.1x images/s, ~25 s at the first batch."
     )
+    query_cache_entries: int = Field(
+        4096, ge=0, le=10_000_000, description="Vectors of recent query texts kept, so a repeated text is not encoded."
+    )
     search_threads: int = Field(
         8, ge=1, le=256, description="Searches that run at once (threads); more wait their turn, without a thread."
     )

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from indexer.errors import InvalidInput
+from indexer.query_cache import TextVectorCache
 from internvl_models import Encoder
 
 # Default ensembles per language. They follow the shapes world's classification templates
@@ -61,10 +62,14 @@ def prompt_templates(language: str, templates: Sequence[str] | None = None) -> t
     return DEFAULT_TEMPLATES[language]
 
 
-def label_embeddings(encoder: Encoder, labels: Sequence[str], templates: Sequence[str]) -> np.ndarray:
-    """(n_labels, dim) unit vectors: the mean of each label's prompt embeddings, renormalised."""
+def label_embeddings(
+    encoder: Encoder, labels: Sequence[str], templates: Sequence[str], cache: TextVectorCache | None = None
+) -> np.ndarray:
+    """(n_labels, dim) unit vectors: the mean of each label's prompt embeddings, renormalised. With a `cache`, the
+    prompts of labels classified lately are not encoded again."""
     prompts = [t.replace("{label}", label) for label in labels for t in templates]
-    vectors = encoder.encode_texts(prompts).reshape(len(labels), len(templates), -1).mean(axis=1)
+    prompt_vectors = cache.encode(encoder, prompts) if cache is not None else encoder.encode_texts(prompts)
+    vectors = prompt_vectors.reshape(len(labels), len(templates), -1).mean(axis=1)
     return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
@@ -89,6 +94,7 @@ def classify_images(
     language: str = "en",
     templates: Sequence[str] | None = None,
     k: int | None = None,
+    cache: TextVectorCache | None = None,
 ) -> list[list[LabelScore]]:
     """One ranking per image (in order) against the same labels, whose prompt ensembles are encoded once.
 
@@ -96,7 +102,7 @@ def classify_images(
     images is held at once. At most `MAX_IMAGES` images.
     """
     labels = _checked_labels(labels)
-    text = label_embeddings(encoder, labels, prompt_templates(language, templates))
+    text = label_embeddings(encoder, labels, prompt_templates(language, templates), cache)
     rankings: list[list[LabelScore]] = []
     iterator = iter(images)
     while batch := list(islice(iterator, max(1, getattr(encoder, "image_batch_size", 1)))):

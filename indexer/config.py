@@ -28,6 +28,7 @@ class EngineConfig:
     image_batch_size: int = 32
     text_batch_size: int = 128
     compile_images: bool = False  # torch.compile the encoders' image towers (internvl_models.Encoder)
+    query_cache_entries: int = 4096  # vectors of recent query texts kept (indexer/query_cache.py); 0: none
     # --- ingestion sources ---
     # Server-side paths are refused unless they resolve (symlinks followed) inside one of these directories.
     allowed_roots: tuple[Path, ...] = ()
@@ -78,6 +79,8 @@ class EngineConfig:
         for name in ("image_batch_size", "text_batch_size", "decode_workers", "max_source_bytes", "job_workers"):
             if int(getattr(self, name)) < 1:
                 raise InvalidInput(f"EngineConfig.{name} must be >= 1, got {getattr(self, name)!r}")
+        if int(self.query_cache_entries) < 0:
+            raise InvalidInput(f"EngineConfig.query_cache_entries must be >= 0, got {self.query_cache_entries!r}")
         if self.max_image_pixels < 1 or self.max_frames < 1 or self.url_max_redirects < 0 or self.decode_timeout_s <= 0:
             raise InvalidInput("EngineConfig limits must be positive")
         if self.index_shards != "auto":

@@ -33,6 +33,7 @@ from indexer.info import CollectionInfo, ImageInfo
 from indexer.jobs import JobRuntime, JobWorker, sweep_staging
 from indexer.live import LiveCollection, ReconcileReport, Space, reconcile, target_kind
 from indexer.metadata import check_metadata
+from indexer.query_cache import TextVectorCache
 from indexer.refresh import IndexRefresher
 from indexer.search import (
     Hit,
@@ -41,7 +42,6 @@ from indexer.search import (
     hydrate,
     image_query_vector,
     nearest,
-    text_query_vector,
 )
 from indexer.storage import remove_orphans
 from internvl_models import CheckpointError, Encoder, create_encoder
@@ -76,6 +76,7 @@ class Engine(job_api.JobControl, model_switch.EncoderSwitching):
         self._worker: JobWorker | None = None
         self._refresher: IndexRefresher | None = None
         self.reports: list[ReconcileReport] = []
+        self.text_vectors = TextVectorCache(config.query_cache_entries)  # recent query texts' vectors
 
     # --- life cycle ---------------------------------------------------------------------------------------------
 
@@ -370,7 +371,7 @@ class Engine(job_api.JobControl, model_switch.EncoderSwitching):
 
         def encode(encoder: Encoder) -> np.ndarray:
             if text is not None:
-                return text_query_vector(encoder, text)
+                return self.text_vectors.encode(encoder, [text])
             if image is not None:
                 return image_query_vector(encoder, image, max_pixels=self.config.max_image_pixels)
             path = self.image_path(collection, image_id)

@@ -79,10 +79,6 @@ def image_query_vector(
     return encoder.encode_pixels(encoder.preprocess_image(image).unsqueeze(0))
 
 
-def text_query_vector(encoder: Encoder, text: str) -> np.ndarray:
-    return encoder.encode_texts([text])
-
-
 @dataclass(frozen=True)
 class NearestQuery:
     """What a search asks besides its vector: ranks offset..offset+k, within `filter`, at or above `min_score`,

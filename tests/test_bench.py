@@ -101,6 +101,11 @@ def test_search_benchmark_reports_live_updates(capsys: pytest.CaptureFixture, mo
         assert updates["search_during_save_max_ms"] >= 0  # 0 when the save ended before any search ran
         parallel = result["parallel_single_queries"]
         assert parallel["qps_1_thread"] > 0 and parallel["speedup"] > 0
+    # Exact search's batches against faiss's default BLAS threshold, at the batch sizes the 20 queries allow.
+    batched = results["flat@3000"]["batched_queries"]
+    assert list(batched) == ["1", "2", "4", "8"] and all(
+        b["ms_per_query"] > 0 and b["speedup"] > 0 for b in batched.values()
+    )
 
 
 def test_embeddings_benchmark_settles_one_shard_per_batch(capsys: pytest.CaptureFixture, monkeypatch) -> None:  # noqa: ANN001
