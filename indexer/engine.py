@@ -373,9 +373,9 @@ class Engine(job_api.JobControl, model_switch.EncoderSwitching):
             if text is not None:
                 return self.text_vectors.encode(encoder, [text])
             if image is not None:
-                return image_query_vector(encoder, image, max_pixels=self.config.max_image_pixels)
+                return image_query_vector(encoder, image, self.config)
             path = self.image_path(collection, image_id)
-            return image_query_vector(encoder, path.read_bytes(), max_pixels=self.config.max_image_pixels)
+            return image_query_vector(encoder, path.read_bytes(), self.config)
 
         return self.search_encoded(
             collection, encode, k=k, filter=filter, min_score=min_score, offset=offset, exclude=image_id

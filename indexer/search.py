@@ -20,8 +20,9 @@ from sqlalchemy.orm import Session
 
 from indexer.catalog import reads
 from indexer.catalog.filters import parse_filter
+from indexer.config import EngineConfig
 from indexer.errors import InvalidInput
-from indexer.pipeline.decode import DECODE_TIMEOUT_S, DecodeError, decode_image
+from indexer.pipeline.decode import DecodeError, decode_image
 from indexer.vector_store import VectorStore
 from internvl_models import Encoder
 
@@ -58,25 +59,25 @@ def check_rank(k: int, offset: int) -> None:
         raise InvalidInput(f"offset must be an integer from 0 to {MAX_K}, got {offset!r}")
 
 
-def image_query_vector(
-    encoder: Encoder,
-    image: Image.Image | bytes,
-    *,
-    max_pixels: int,
-    max_frames: int = 1_000_000,
-    timeout_s: float = DECODE_TIMEOUT_S,
-) -> np.ndarray:
-    """(1, dim) for a query image, decoded under the same limits as ingested images."""
+def query_image(image: Image.Image | bytes, config: EngineConfig) -> Image.Image:
+    """A query image as the encoder takes it, under the limits ingested images get: bytes decoded within the pixel,
+    frame and time limits of `config` (8-bit RGB), a PIL image held to the pixel limit; InvalidInput otherwise."""
     if isinstance(image, bytes | bytearray | memoryview):
+        limits = {"max_pixels": config.max_image_pixels, "max_frames": config.max_frames}
         try:
-            image = decode_image(bytes(image), max_pixels=max_pixels, max_frames=max_frames, timeout_s=timeout_s).image
+            return decode_image(bytes(image), **limits, timeout_s=config.decode_timeout_s).image
         except DecodeError as exc:
             raise InvalidInput(f"query image: {exc}") from None
-    elif not isinstance(image, Image.Image):
+    if not isinstance(image, Image.Image):
         raise InvalidInput(f"image must be a PIL image or bytes, got {type(image).__name__}")
-    elif image.width * image.height > max_pixels:
-        raise InvalidInput(f"query image has more than {max_pixels:,} pixels")
-    return encoder.encode_pixels(encoder.preprocess_image(image).unsqueeze(0))
+    if image.width * image.height > config.max_image_pixels:
+        raise InvalidInput(f"query image has more than {config.max_image_pixels:,} pixels")
+    return image
+
+
+def image_query_vector(encoder: Encoder, image: Image.Image | bytes, config: EngineConfig) -> np.ndarray:
+    """(1, dim) retrieval vector of a query image (see `query_image`)."""
+    return encoder.encode_pixels(encoder.preprocess_image(query_image(image, config)).unsqueeze(0))
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,9 @@ import torch
 from PIL import Image
 
 from indexer.errors import InvalidInput
-from indexer.pipeline.decode import DecodeError, decode_image
 from indexer.pipeline.paths import SourceError
 from indexer.pipeline.urls import downloader_for
-from indexer.search import Hit
+from indexer.search import Hit, image_query_vector, query_image
 from internvl_models import Encoder
 
 if TYPE_CHECKING:
@@ -82,24 +81,19 @@ def download(engine: Engine, url: str) -> bytes:
 
 
 def decode_query_image(engine: Engine, data: bytes) -> Image.Image:
-    """8-bit RGB image from bytes, refused (InvalidInput) when it is not an image or exceeds the pixel limit."""
-    try:
-        config = engine.config
-        limits = {"max_pixels": config.max_image_pixels, "max_frames": config.max_frames}
-        return decode_image(data, **limits, timeout_s=config.decode_timeout_s).image
-    except DecodeError as exc:
-        raise InvalidInput(f"query image: {exc}") from None
+    """8-bit RGB image from bytes, refused (InvalidInput) when it is not an image or exceeds the engine's limits."""
+    return query_image(data, engine.config)
 
 
 def image_vector(engine: Engine, encoder: Encoder, data: bytes) -> np.ndarray:
-    """(1, dim) retrieval vector of a query image given as bytes: the two steps below, for one image."""
-    return encode_query_pixels(encoder, [query_pixels(engine, encoder, data)])
+    """(1, dim) retrieval vector of a query image given as bytes."""
+    return image_query_vector(encoder, data, engine.config)
 
 
 def query_pixels(engine: Engine, encoder: Encoder, data: bytes) -> torch.Tensor:
     """(3, S, S) retrieval pixels of a query image given as bytes, decoded under the ingestion limits (a caller
     that batches the encoding with other queries' passes them to `encode_query_pixels` together)."""
-    return encoder.preprocess_image(decode_query_image(engine, data))
+    return encoder.preprocess_image(query_image(data, engine.config))
 
 
 def encode_query_pixels(encoder: Encoder, pixels: list[torch.Tensor]) -> np.ndarray:

@@ -115,6 +115,22 @@ def test_search_vectors_answers_each_query_as_alone(engine: Engine, tmp_path: Pa
         NearestQuery(k=0)
 
 
+def test_a_query_image_gets_the_limits_of_ingested_images(tmp_path: Path, catalog_url: str) -> None:
+    """engine.search decodes a query image under the engine's frame and pixel limits, as the HTTP layer does (it
+    applied only the pixel limit, with a frame limit of its own)."""
+    from hostile import animated_gif
+
+    config = engine_config(tmp_path, catalog_url, max_frames=5, max_image_pixels=40 * 30)
+    with Engine(config, cached_encoder_factory).open() as engine:
+        engine.create_collection("pics")
+        engine.run_job(engine.submit("pics", [IngestItem.upload(image_bytes("red", (40, 30), seed=1), "a.png")]))
+        assert len(engine.search("pics", image=image_bytes("red", (40, 30), seed=2), k=1)) == 1
+        with pytest.raises(InvalidInput, match="frames"):
+            engine.search("pics", image=animated_gif(12), k=1)
+        with pytest.raises(InvalidInput, match="pixels"):
+            engine.search("pics", image=image_bytes("red", (41, 30), seed=2), k=1)
+
+
 def test_an_image_is_never_indexed_twice(engine: Engine, tmp_path: Path) -> None:
     write_images(tmp_path / "a", 6)
     engine.create_collection("c")
