@@ -17,7 +17,7 @@ index entries with the catalog and store functions a job's batch writer uses, th
 job (at 100k "auto" becomes HNSW). Queries are still real text encoded per request, so the figures include encoding.
 
 A uvicorn server runs in this process on 127.0.0.1 (a free port; loopback only) serving an engine on a temporary
-data dir; clients are httpx async clients in a second process (bench/http_client.py). Each configuration sends a
+data dir; clients are httpx async clients in two processes of their own (bench/http_client.py, `CLIENT_PROCESSES`). Each configuration sends a
 bounded number of text queries (distinct strings, so no cache could help). "overhead" is HTTP p50 at one client minus the in-process p50 of the same call
 (encode + search), i.e. what the service layer (parsing, validation, threads, JSON, loopback TCP) adds. The
 in-process calls run on the main thread; `in_process_on_a_worker_thread` repeats them from a pool thread, where a
@@ -56,6 +56,10 @@ from .http_client import percentiles
 from .search import clustered
 
 CONCURRENCY = (1, 8, 32, 128)
+# Concurrent clients are spread over this many processes. One process's asyncio loop serving 32 connections was
+# itself the bottleneck once the server answered in ~10 ms: its p99 was 450-750 ms where the same 32 connections
+# from two processes saw 72 ms (bench/RESULTS.md, "Searching a micro-batch").
+CLIENT_PROCESSES = 2
 IMAGE_CONCURRENCY = (1, 8, 32)
 
 
@@ -263,6 +267,17 @@ def lone_query(client: ProcessPoolExecutor, batched: str, unbatched: str, reques
     return {key: round(statistics.median(samples), 2) for key, samples in times.items()}
 
 
+def spread(pool: ProcessPoolExecutor, base: str, clients: int, requests: int, kind: str = "search") -> dict:
+    """`requests` of `kind` from `clients` connections split over the pool's processes, started together."""
+    parts = min(CLIENT_PROCESSES, clients)
+    futures = [
+        pool.submit(http_client.clients, base, clients // parts + (p < clients % parts),
+                    requests // parts + (p < requests % parts), kind, p * requests)
+        for p in range(parts)
+    ]  # fmt: skip
+    return http_client.summary([future.result() for future in futures])
+
+
 def under_load(client: ProcessPoolExecutor, settings, engine: Engine, requests: int) -> tuple[dict, dict]:  # noqa: ANN001
     """Text queries at CONCURRENCY and image queries (base64 PNGs) at IMAGE_CONCURRENCY clients, batching on and
     off: {"batching_on"|"batching_off": {"clients_N": figures}} for each."""
@@ -271,20 +286,15 @@ def under_load(client: ProcessPoolExecutor, settings, engine: Engine, requests: 
     for batching in (True, False):
         with Server(create_app(settings, engine=engine, batching=batching)) as base:
             label = "batching_on" if batching else "batching_off"
-            http[label] = {
-                f"clients_{c}": client.submit(http_client.clients, base, c, requests).result() for c in CONCURRENCY
-            }
+            http[label] = {f"clients_{c}": spread(client, base, c, requests) for c in CONCURRENCY}
             images[label] = {
-                f"clients_{c}": client.submit(http_client.clients, base, c, requests, "image-search").result()
-                for c in IMAGE_CONCURRENCY
+                f"clients_{c}": spread(client, base, c, requests, "image-search") for c in IMAGE_CONCURRENCY
             }
     # The same clients against the trivial route: the latency tail that uvicorn and the load generator on this
     # machine give any route that answers quickly (the slowest searches at 32 clients spend most of their time
     # outside the search path, their Server-Timing shows).
     with Server(trivial_app()) as base:
-        http["trivial_route"] = {
-            f"clients_{c}": client.submit(http_client.clients, base, c, requests, "ping").result() for c in CONCURRENCY
-        }
+        http["trivial_route"] = {f"clients_{c}": spread(client, base, c, requests, "ping") for c in CONCURRENCY}
     return http, images
 
 
@@ -298,7 +308,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             info = engine.get_collection("bench")
             settings = load_settings(data_dir=root / "data", device=args.device, encoder_checkpoint=args.checkpoint)
             # The HTTP clients run in a process of their own (bench/http_client.py says why).
-            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as client:
+            with ProcessPoolExecutor(CLIENT_PROCESSES, mp_context=multiprocessing.get_context("spawn")) as client:
                 # Against the unbatched server: at one client a batcher has nothing to batch.
                 with (
                     Server(create_app(settings, engine=engine, batching=False)) as search_base,

@@ -80,15 +80,15 @@ async def one_client_times(base: str, n: int, kind: str = "search", first: int =
     return times
 
 
-async def load(base: str, clients: int, requests: int, kind: str = "search") -> dict[str, object]:
-    """`requests` calls of the `kind` request spread over `clients` concurrent connections; latency per answered request,
-    overall rate, and the failures by kind (an HTTP status >= 400, or the exception of a request that got no
-    answer): a failure is a figure to report, not a reason to lose the run."""
+async def load(base: str, clients: int, requests: int, kind: str = "search", first: int = 0) -> dict[str, object]:
+    """`requests` calls of the `kind` request (numbered from `first`) spread over `clients` concurrent connections:
+    the raw samples of this process (see `summary`). A failure (an HTTP status >= 400, or the exception of a request
+    that got no answer) is counted by kind: a figure to report, not a reason to lose the run."""
     send = SENDERS[kind]
     times: list[float] = []
     in_route: list[float] = []  # the server's own time per request (Server-Timing `total`), where it says
     errors: Counter[str] = Counter()
-    counter = iter(range(requests))
+    counter = iter(range(first, first + requests))
 
     async def client(http: httpx.AsyncClient) -> None:
         for i in counter:
@@ -112,11 +112,22 @@ async def load(base: str, clients: int, requests: int, kind: str = "search") -> 
         start = time.perf_counter()
         await asyncio.gather(*(client(http) for _ in range(clients)))
         wall = time.perf_counter() - start
+    return {"times": times, "in_route": in_route, "errors": dict(errors), "wall": wall}
+
+
+def summary(parts: list[dict[str, object]]) -> dict[str, object]:
+    """Latency p50/p99, requests/s and failures of one load spread over client processes (`load`'s parts, run at
+    the same time): requests/s is all answers over the longest part's wall time."""
+    times = [t for part in parts for t in part["times"]]
+    in_route = [t for part in parts for t in part["in_route"]]
+    errors: Counter[str] = Counter()
+    for part in parts:
+        errors.update(part["errors"])
     if not times:
         raise RuntimeError(f"no request was answered: {dict(errors)}")
     p50, p99 = percentiles(times)
     report: dict[str, object] = {"p50_ms": round(p50, 2), "p99_ms": round(p99, 2)}
-    report["requests_per_s"] = round(len(times) / wall, 1)
+    report["requests_per_s"] = round(len(times) / max(part["wall"] for part in parts), 1)
     if in_route:  # how much of the latency the route itself took (the rest: waits in uvicorn, loopback, client)
         report["in_route_p50_ms"], report["in_route_p99_ms"] = (round(x, 2) for x in percentiles(in_route))
     if errors:
@@ -128,5 +139,6 @@ def one_client(base: str, n: int, kind: str = "search", first: int = 0) -> list[
     return asyncio.run(one_client_times(base, n, kind, first))
 
 
-def clients(base: str, count: int, requests: int, kind: str = "search") -> dict[str, object]:
-    return asyncio.run(load(base, count, requests, kind))
+def clients(base: str, count: int, requests: int, kind: str = "search", first: int = 0) -> dict[str, object]:
+    """One process's part of a load (`load`), for a process pool."""
+    return asyncio.run(load(base, count, requests, kind, first))
