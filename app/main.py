@@ -166,7 +166,8 @@ def readiness(app: FastAPI) -> dict[str, str]:
 
 
 def service_gauges(app: FastAPI) -> Iterable[tuple[str, str, dict[str, str], float]]:
-    """Index sizes, job counts by state and micro-batcher queue depths, read at scrape time."""
+    """Index sizes, job counts by state, micro-batcher queue depths and the text-vector cache's hits and misses, read
+    at scrape time."""
     engine = getattr(app.state, "engine", None)
     if engine is None:
         return
@@ -177,3 +178,11 @@ def service_gauges(app: FastAPI) -> Iterable[tuple[str, str, dict[str, str], flo
         yield "internvl_search_jobs", "Jobs by state (the newest 1000)", {"state": state}, states.get(state, 0)
     for name, depth in app.state.searcher.queue_depths().items():
         yield "internvl_search_batch_queue_depth", "Items waiting for a micro-batch", {"batcher": name}, depth
+    cache = engine.text_vectors
+    for result, count in (("hit", cache.hits), ("miss", cache.misses)):
+        yield (
+            "internvl_search_query_cache_lookups",
+            "Query texts looked up in the text-vector cache, since start",
+            {"result": result},
+            count,
+        )

@@ -98,6 +98,11 @@ def test_concurrent_searches_share_batches(tmp_path: Path, checkpoint: Path, cor
         assert count > 0 and ones < count, "no micro-batch held more than one query"
         assert count < 32  # fewer forward passes than queries
         assert "internvl_search_index_vectors" in metrics and "internvl_search_jobs" in metrics
+        # 32 distinct texts were encoded once each; the same text again is a cache hit.
+        httpx.post(f"{base}/v1/search", json={"collection": "shapes", "text": "shape number 3", "k": 5, "offset": 5})
+        metrics = httpx.get(f"{base}/metrics").text
+        lookups = dict(re.findall(r'^internvl_search_query_cache_lookups{result="(\w+)"} (\S+)$', metrics, re.M))
+        assert float(lookups["miss"]) >= 32 and float(lookups["hit"]) >= 1
         for _ in range(300):
             if httpx.get(f"{base}/v1/jobs/{job_id}").json()["state"] == "done":
                 break
