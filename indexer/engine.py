@@ -35,14 +35,7 @@ from indexer.live import LiveCollection, ReconcileReport, Space, reconcile, targ
 from indexer.metadata import check_metadata
 from indexer.query_cache import TextVectorCache
 from indexer.refresh import IndexRefresher
-from indexer.search import (
-    Hit,
-    NearestQuery,
-    check_query,
-    hydrate,
-    image_query_vector,
-    nearest,
-)
+from indexer.search import Hit, NearestQuery, check_query, hydrate, image_query_vector, nearest
 from indexer.storage import remove_orphans
 from internvl_models import CheckpointError, Encoder, create_encoder
 
