@@ -128,3 +128,18 @@ def test_embeddings_benchmark_refuses_bad_sizes(capsys: pytest.CaptureFixture, m
     with pytest.raises(SystemExit) as exit_:
         embeddings_main()
     assert exit_.value.code == 2 and "--rows" in capsys.readouterr().err
+
+
+def test_a_load_spread_over_client_processes_is_summarised_as_one() -> None:
+    """bench.api's clients run in two processes; their samples are pooled: percentiles over every answer, requests/s
+    over the longest part's wall time, failures added up."""
+    from bench.http_client import summary
+
+    one = {"times": [10.0] * 60 + [200.0], "in_route": [5.0] * 61, "errors": {"ReadError": 1}, "wall": 2.0}
+    other = {"times": [20.0] * 39, "in_route": [], "errors": {"ReadError": 2, "503": 1}, "wall": 2.5}
+    report = summary([one, other])
+    assert report["requests_per_s"] == 100 / 2.5 and report["p50_ms"] == 10.0 and report["p99_ms"] == 200.0
+    assert (report["in_route_p50_ms"], report["in_route_p99_ms"]) == (5.0, 5.0)
+    assert report["errors"] == {"ReadError": 3, "503": 1}
+    with pytest.raises(RuntimeError, match="no request was answered"):
+        summary([{"times": [], "in_route": [], "errors": {"503": 4}, "wall": 1.0}])
