@@ -16,16 +16,8 @@ from fastapi import Depends, HTTPException, Request
 from indexer import Engine, InvalidInput, SpaceChanged
 from indexer.classify import classify_images, embed
 from indexer.engine import SWITCH_RETRIES
-from indexer.search import Hit, NearestQuery
-from indexer.vector_query import (
-    collapse_duplicates,
-    decode_base64,
-    decode_query_image,
-    encode_query_pixels,
-    image_vector,
-    query_image_bytes,
-    query_pixels,
-)
+from indexer.search import Hit, NearestQuery, encode_query_pixels, image_query_vector, query_pixels
+from indexer.vector_query import collapse_duplicates, decode_base64, decode_query_image, query_image_bytes
 from internvl_models import Encoder
 
 from . import schemas
@@ -261,10 +253,10 @@ class Searcher:
         return await anyio.to_thread.run_sync(timed, limiter=self._limiter)
 
     def _image_query(self, encoder: Encoder, req: schemas.SearchRequest, upload: bytes | None):  # noqa: ANN202
-        return image_vector(self.engine, encoder, self._query_image_bytes(req, upload))
+        return image_query_vector(encoder, self._query_image_bytes(req, upload), self.engine.config)
 
     def _query_pixels(self, encoder: Encoder, req: schemas.SearchRequest, upload: bytes | None):  # noqa: ANN202
-        return query_pixels(self.engine, encoder, self._query_image_bytes(req, upload))
+        return query_pixels(encoder, self._query_image_bytes(req, upload), self.engine.config)
 
     def _query_image_bytes(self, req: schemas.SearchRequest, upload: bytes | None) -> bytes:
         if upload is not None:

@@ -17,8 +17,8 @@ index entries with the catalog and store functions a job's batch writer uses, th
 job (at 100k "auto" becomes HNSW). Queries are still real text encoded per request, so the figures include encoding.
 
 A uvicorn server runs in this process on 127.0.0.1 (a free port; loopback only) serving an engine on a temporary
-data dir; clients are httpx async clients in two processes of their own (bench/http_client.py, `CLIENT_PROCESSES`). Each configuration sends a
-bounded number of text queries (distinct strings, so no cache could help). "overhead" is HTTP p50 at one client minus the in-process p50 of the same call
+data dir; clients are httpx async clients in two processes of their own (bench/http_client.py, `CLIENT_PROCESSES`).
+Each configuration sends a bounded number of text queries (distinct strings; the text-vector cache is off). "overhead" is HTTP p50 at one client minus the in-process p50 of the same call
 (encode + search), i.e. what the service layer (parsing, validation, threads, JSON, loopback TCP) adds. The
 in-process calls run on the main thread; `in_process_on_a_worker_thread` repeats them from a pool thread, where a
 server runs them.
@@ -307,7 +307,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         try:
             info = engine.get_collection("bench")
             settings = load_settings(data_dir=root / "data", device=args.device, encoder_checkpoint=args.checkpoint)
-            # The HTTP clients run in a process of their own (bench/http_client.py says why).
+            # The HTTP clients run in processes of their own (bench/http_client.py says why; CLIENT_PROCESSES).
             with ProcessPoolExecutor(CLIENT_PROCESSES, mp_context=multiprocessing.get_context("spawn")) as client:
                 # Against the unbatched server: at one client a batcher has nothing to batch.
                 with (

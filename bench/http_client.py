@@ -55,7 +55,7 @@ async def _ping_async(http: httpx.AsyncClient, i: int) -> httpx.Response:
 SENDERS = {"search": _search, "image-search": _image_search, "ping": _ping, "ping-async": _ping_async}
 
 
-def engine_ms(response: httpx.Response, metric: str = "engine") -> float | None:
+def server_timing_ms(response: httpx.Response, metric: str = "engine") -> float | None:
     """A duration of the response's Server-Timing header, or None without it: `engine` (what /v1/search spent
     encoding and searching) or `total` (the route's own time, from its call to its answer)."""
     for part in response.headers.get("server-timing", "").split(","):
@@ -75,7 +75,7 @@ async def one_client_times(base: str, n: int, kind: str = "search", first: int =
         for i in range(first, first + n):
             start = time.perf_counter()
             response = await send(http, i)
-            times.append(((time.perf_counter() - start) * 1e3, engine_ms(response)))
+            times.append(((time.perf_counter() - start) * 1e3, server_timing_ms(response)))
             response.raise_for_status()
     return times
 
@@ -102,7 +102,7 @@ async def load(base: str, clients: int, requests: int, kind: str = "search", fir
                 errors[str(response.status_code)] += 1
                 continue
             times.append((time.perf_counter() - start) * 1e3)
-            total = engine_ms(response, "total")
+            total = server_timing_ms(response, "total")
             if total is not None:
                 in_route.append(total)
 

@@ -35,7 +35,7 @@ those searches shows how long a save holds searches up.
 Parallel single queries: the same 200 single-query searches from one thread, then split over one thread per core,
 QPS each way (`parallel_single_queries`): whether one store answers concurrent requests side by side.
 
-Batched queries (flat): ms per query when 1, 8, 32 or 128 queries come in one call, as a micro-batch of searches
+Batched queries (flat): ms per query when 1, 2, 4, 8, 32 or 128 queries come in one call, as a micro-batch of searches
 does, with this project's BLAS threshold against faiss's default (`batched_queries`).
 
 Exact (flat) single-query latency is also set against its memory-bandwidth bound: one query reads every vector
@@ -69,9 +69,9 @@ LID_NEIGHBOURS = 100
 TARGET_RECALL = 0.95
 # Efforts tried for the operating points (clipped to what the index has: every node, every list).
 UPDATE_BATCH = 32
-FAISS_BLAS_THRESHOLD = 128_000  # faiss 1.15's own, which flat.py lowers
 UPDATE_ROUNDS = 20
 EFFORTS = {"hnsw": [16, 32, 64, 128, 256, 512, 1024], "ivf": [4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048]}
+FAISS_BLAS_THRESHOLD = 128_000  # faiss 1.15's own, which flat.py lowers
 
 
 def spread_basis(dim: int, model: str, rng: np.random.Generator) -> np.ndarray | None:

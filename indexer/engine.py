@@ -405,22 +405,6 @@ class Engine(job_api.JobControl, model_switch.EncoderSwitching):
         """The encoder whose space the collection's vectors live in (Conflict when its weights changed)."""
         return self._collection_encoder(self._fresh(collection))
 
-    def search_vector(
-        self,
-        collection: str,
-        query: np.ndarray,
-        *,
-        k: int = 10,
-        filter: Mapping[str, Any] | None = None,
-        min_score: float | None = None,
-        offset: int = 0,
-        exclude: int | None = None,
-        fingerprint: str | None = None,
-    ) -> list[Hit]:
-        """Search from a (1, dim) unit vector of the collection's encoder; `search_vectors` for one query."""
-        want = NearestQuery(k, offset, filter, min_score, exclude)
-        return self.search_vectors(collection, query, [want], fingerprint=fingerprint)[0]
-
     def search_vectors(
         self, collection: str, queries: np.ndarray, wants: Sequence[NearestQuery], *, fingerprint: str | None = None
     ) -> list[list[Hit]]:

@@ -46,7 +46,7 @@ class TextVectorCache:
                     self._vectors.move_to_end(key)
                     found[key] = vector
             missing = list(dict.fromkeys(key for key in keys if key not in found))
-            self.hits += len(keys) - sum(key not in found for key in keys)
+            self.hits += sum(key in found for key in keys)
             self.misses += len(missing)
         if missing:  # encoded outside the lock: other searches look up meanwhile
             vectors = encoder.encode_texts([text for _, text in missing])

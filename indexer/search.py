@@ -15,6 +15,7 @@ from typing import Any
 
 import faiss
 import numpy as np
+import torch
 from PIL import Image
 from sqlalchemy.orm import Session
 
@@ -75,9 +76,20 @@ def query_image(image: Image.Image | bytes, config: EngineConfig) -> Image.Image
     return image
 
 
+def query_pixels(encoder: Encoder, image: Image.Image | bytes, config: EngineConfig) -> torch.Tensor:
+    """(3, S, S) retrieval pixels of a query image (see `query_image`); a caller that batches the encoding with other
+    queries' passes them to `encode_query_pixels` together."""
+    return encoder.preprocess_image(query_image(image, config))
+
+
+def encode_query_pixels(encoder: Encoder, pixels: list[torch.Tensor]) -> np.ndarray:
+    """(n, dim) vectors of n query images' pixels, encoded in one pass."""
+    return encoder.encode_pixels(torch.stack(pixels))
+
+
 def image_query_vector(encoder: Encoder, image: Image.Image | bytes, config: EngineConfig) -> np.ndarray:
-    """(1, dim) retrieval vector of a query image (see `query_image`)."""
-    return encoder.encode_pixels(encoder.preprocess_image(query_image(image, config)).unsqueeze(0))
+    """(1, dim) retrieval vector of a query image: the two steps above, for one image."""
+    return encode_query_pixels(encoder, [query_pixels(encoder, image, config)])
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Query inputs the HTTP layer receives in forms the engine does not take directly.
 
 Query images given by base64, URL (SSRF-checked) or indexed id become bytes under the engine's limits, and
-near-duplicate hits can be collapsed. The vector search itself is `Engine.search_vector`.
+near-duplicate hits can be collapsed. The vector search itself is `Engine.search_vectors`.
 """
 
 from __future__ import annotations
@@ -10,15 +10,12 @@ import base64
 import binascii
 from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
 from PIL import Image
 
 from indexer.errors import InvalidInput
 from indexer.pipeline.paths import SourceError
 from indexer.pipeline.urls import downloader_for
-from indexer.search import Hit, image_query_vector, query_image
-from internvl_models import Encoder
+from indexer.search import Hit, query_image
 
 if TYPE_CHECKING:
     from indexer.engine import Engine
@@ -83,19 +80,3 @@ def download(engine: Engine, url: str) -> bytes:
 def decode_query_image(engine: Engine, data: bytes) -> Image.Image:
     """8-bit RGB image from bytes, refused (InvalidInput) when it is not an image or exceeds the engine's limits."""
     return query_image(data, engine.config)
-
-
-def image_vector(engine: Engine, encoder: Encoder, data: bytes) -> np.ndarray:
-    """(1, dim) retrieval vector of a query image given as bytes."""
-    return image_query_vector(encoder, data, engine.config)
-
-
-def query_pixels(engine: Engine, encoder: Encoder, data: bytes) -> torch.Tensor:
-    """(3, S, S) retrieval pixels of a query image given as bytes, decoded under the ingestion limits (a caller
-    that batches the encoding with other queries' passes them to `encode_query_pixels` together)."""
-    return encoder.preprocess_image(query_image(data, engine.config))
-
-
-def encode_query_pixels(encoder: Encoder, pixels: list[torch.Tensor]) -> np.ndarray:
-    """(n, dim) vectors of n query images' pixels, encoded in one pass."""
-    return encoder.encode_pixels(torch.stack(pixels))

@@ -93,7 +93,7 @@ def test_ingest_search_filter_and_delete(engine: Engine, tmp_path: Path) -> None
 
 def test_search_vectors_answers_each_query_as_alone(engine: Engine, tmp_path: Path) -> None:
     """Several queries in one call (what a micro-batch of searches makes): each with its own k, offset, min_score,
-    filter and excluded image gets what `search_vector` gives it alone; bad input is refused before any search."""
+    filter and excluded image gets what it gets searched alone; bad input is refused before any search."""
     photos = write_images(tmp_path / "photos", 10)
     engine.create_collection("photos")
     engine.run_job(engine.submit("photos", [IngestItem.path(p, {"n": i}) for i, p in enumerate(photos)]))
@@ -103,7 +103,7 @@ def test_search_vectors_answers_each_query_as_alone(engine: Engine, tmp_path: Pa
              NearestQuery(k=4, filter={"n": {"lt": 5}}), NearestQuery(k=9, exclude=1)]  # fmt: skip
     together = engine.search_vectors("photos", queries, wants, fingerprint=encoder.fingerprint)
     for query, want, hits in zip(queries, wants, together, strict=True):
-        alone = engine.search_vector("photos", query[None], **vars(want), fingerprint=encoder.fingerprint)
+        (alone,) = engine.search_vectors("photos", query[None], [want], fingerprint=encoder.fingerprint)
         assert [(h.id, h.score) for h in hits] == [(h.id, pytest.approx(h.score, abs=1e-5)) for h in alone]
     assert [len(h) for h in together[:2]] == [3, 2] and all(h.metadata["n"] < 5 for h in together[3])
     assert 1 not in {h.id for h in together[4]}
