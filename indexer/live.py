@@ -40,9 +40,9 @@ IVF_RETRAIN_GROWTH = 4
 REBUILD_REMOVED_FRACTION = 0.2
 
 
-def target_kind(configured: str, n: int) -> str:
-    """The concrete index kind a collection configured as `configured` should use at n vectors."""
-    kind = resolve_kind(configured, n)
+def target_kind(configured: str, n: int, dim: int) -> str:
+    """The concrete index kind a collection configured as `configured` should use at n vectors of `dim`."""
+    kind = resolve_kind(configured, n, dim)
     return "flat" if kind == "ivf_pq" and n < IVF_PQ_MIN_VECTORS else kind
 
 
@@ -177,7 +177,7 @@ class LiveCollection:
                 self.loaded = False
 
     def _empty(self, space: Space) -> VectorStore:
-        return create_vector_store(target_kind(self.index_kind, 0), space.dim, params=self.store_params)
+        return create_vector_store(target_kind(self.index_kind, 0, space.dim), space.dim, params=self.store_params)
 
     def embeddings(self) -> EmbeddingStore:
         """A fresh view of the embedding shards; call with `lock` held (another process may have appended)."""
@@ -223,7 +223,10 @@ class LiveCollection:
         keep = np.isin(ids, keep_ids)
         ids, vectors = ids[keep], vectors[keep]
         store = create_vector_store(
-            kind or target_kind(self.index_kind, len(ids)), self.dim, expected_size=len(ids), params=self.store_params
+            kind or target_kind(self.index_kind, len(ids), self.dim),
+            self.dim,
+            expected_size=len(ids),
+            params=self.store_params,
         )
         if len(ids):
             store.add(ids, vectors)
@@ -237,7 +240,7 @@ class LiveCollection:
         store was rebuilt."""
         settle_shards(embeddings, self.name)
         store, n = self.store, len(self.store)
-        want = target_kind(self.index_kind, n)
+        want = target_kind(self.index_kind, n, self.dim)
         trained_on = int(store.params.get("trained_on", n) or n)
         if (
             want != store.kind

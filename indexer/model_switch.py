@@ -370,7 +370,10 @@ def _build_store(engine: Engine, live: LiveCollection, space: SpaceRow):  # noqa
         raise Conflict(f"{len(lacking)} indexed images have no vector in the new space (e.g. {lacking[:5].tolist()})")
     keep = np.isin(ids, indexed)
     store = create_vector_store(
-        target_kind(live.index_kind, int(keep.sum())), space.dim, expected_size=len(indexed), params=live.store_params
+        target_kind(live.index_kind, int(keep.sum()), space.dim),
+        space.dim,
+        expected_size=len(indexed),
+        params=live.store_params,
     )
     if keep.any():
         store.add(ids[keep], vectors[keep])

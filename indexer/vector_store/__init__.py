@@ -100,11 +100,12 @@ def list_vector_store_kinds() -> list[str]:
     return list(_KINDS)
 
 
-def resolve_kind(kind: str, n: int) -> str:
-    """The concrete kind `kind` means for a collection of n vectors ("auto": flat < 50k <= hnsw < 2M <= ivf_pq)."""
+def resolve_kind(kind: str, n: int, dim: int = 0) -> str:
+    """The concrete kind `kind` means for a collection of n vectors of `dim` ("auto": flat < 50k <= hnsw < 2M <=
+    ivf_pq, and ivf_pq from 1M on for vectors of 512 dimensions or more)."""
     if kind != "auto" and kind not in _KINDS:
         raise InvalidInput(f"Unknown index kind {kind!r}. Available: {['auto', *_KINDS]}")
-    return _resolve_kind(kind, n)
+    return _resolve_kind(kind, n, dim)
 
 
 def create_vector_store(
@@ -125,7 +126,7 @@ def create_vector_store(
     as separate files that `load_vector_store(..., mmap=True)` can map (implies a `ShardedStore`, of 1 shard if
     need be).
     """
-    concrete = resolve_kind(kind, expected_size)
+    concrete = resolve_kind(kind, expected_size, dim)
     params = dict(params or {})
     shards = params.get("shards", "auto")
     on_disk = bool(params.get("on_disk", False))

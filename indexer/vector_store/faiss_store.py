@@ -9,8 +9,9 @@ Sizing (n = number of vectors the index is built for):
   registers), which need 624 training vectors (16 centroids x 39 points). An explicit `nbits` of 5-8 builds a plain
   `IndexIVFPQ` (m = 2·d/nbits by default: the same d/4 bytes; fewer bits below 39·2^nbits training vectors);
   `on_disk` stores default to 8 bits, whose lists faiss can memory-map, and to the 8-bit copy.
-  The top refine_factor·k candidates (64·k) are re-scored with a float16 copy of each vector (`refine`: "fp16",
-  2·d bytes; "sq8" halves it): the re-rank, not the lists, capped recall. At 1M x 64 (bench/search.py data) the
+  The top refine_factor·k candidates (64·k at d = 64, fewer as d grows: 8·k from d = 384) are re-scored with a
+  float16 copy of each vector (`refine`: "fp16", 2·d bytes; "sq8" halves it): the re-rank, not the lists, capped
+  recall at d = 64. At 1M x 64 (bench/search.py data) the
   fast-scan store reaches recall@10 0.96 (isotropic) / 0.98 (power-law) at its defaults in 1.3-1.6 ms a query;
   the 8-bit codes and copy it replaced reached 0.91 (isotropic) at the same nprobe in 2.8 ms and never 0.95: the
   8-bit copy's score error alone cost ~3 points, and fast scan makes a 4x wider probe cheaper than the old narrow
@@ -49,6 +50,11 @@ from indexer.vector_store.base import SELECTOR_COST, FaissStore, top_k
 # `auto`: exact search while a full scan is cheap; a graph while vectors fit in memory; compressed codes beyond.
 AUTO_FLAT_MAX = 50_000
 AUTO_HNSW_MAX = 2_000_000
+# Wide vectors (every encoder here: 512 or 768) leave the graph at 1M: at 1M x 768 (power-law data) HNSW took 19 min
+# to build and needed efSearch 1024 for recall@10 0.95, no faster than exact search, while IVF-PQ built in 90 s and
+# reached 0.98 at 4 ms a query, in 60% of HNSW's memory (bench/RESULTS.md, "IVF-PQ at d = 768").
+AUTO_WIDE_DIM = 512
+AUTO_HNSW_MAX_WIDE = 1_000_000
 
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80  # at and below HNSW_SIZING_FROM vectors
@@ -72,11 +78,18 @@ FASTSCAN_NBITS = 4
 MAPPABLE_PQ_NBITS = 8  # faiss memory-maps plain IVF lists only, so on_disk stores default to 8-bit codes
 PQ_CODE_BITS_PER_DIM = 2  # m x nbits = 2·d bits: d/4 bytes per vector, at any nbits
 # IVF-Flat probes 1/16 of its lists by default. Fast-scan IVF-PQ scans its codes so much faster that it probes
-# 1/4 and re-ranks 64·k candidates: recall@10 0.96-0.98 at 1M x 64 (isotropic / power-law data) for 1.3-1.6 ms,
-# where 1/16 gave 0.82-0.91 (bench/RESULTS.md, "IVF-PQ fast scan").
+# 1/4 (and re-ranks 64·k candidates at d = 64): recall@10 0.96-0.98 at 1M x 64 (isotropic / power-law data) for
+# 1.3-1.6 ms, where 1/16 gave 0.82-0.91 (bench/RESULTS.md, "IVF-PQ fast scan").
 IVF_PROBE_SHARE = 16
 PQ_PROBE_SHARE = 4
-PQ_REFINE_FACTOR = 64
+# Candidates re-ranked per result wanted: 4096/d rounded to a power of two, within [8, 64] (`choose_refine_factor`).
+# A PQ score sums m = d/2 sub-quantizer errors, so it errs less against the gaps between neighbours as d grows:
+# on power-law data at 1M, re-ranking fewer than 64·k lost this much recall@10: d = 64, 32·k: 0.008; d = 256, 16·k:
+# 0.002; d = 512, 8·k: 0.0004; d = 768, 8·k: 0.0001, where the re-rank of 64·k was 60% of a batch's time
+# (bench/RESULTS.md, "IVF-PQ at d = 768").
+PQ_REFINE_BUDGET = 4096
+PQ_REFINE_FACTOR_MIN = 8
+PQ_REFINE_FACTOR_MAX = 64
 # The copy IVF-PQ re-ranks its candidates with: float16 (2·d bytes a vector) by default; an 8-bit one (d bytes)
 # halves that but its ~1e-3 score error cost 3 points of recall@10 on bench/search.py's isotropic data.
 REFINE_TYPES = {"fp16": faiss.ScalarQuantizer.QT_fp16, "sq8": faiss.ScalarQuantizer.QT_8bit}
@@ -88,13 +101,14 @@ SCRATCH_MAX_BYTES = 16 << 20  # the re-rank's reused buffers, at most (640 candi
 _SEED = 1234
 
 
-def resolve_kind(kind: str, n: int) -> str:
-    """The concrete kind for `kind` ("auto" picks by collection size n; anything else is returned as is)."""
+def resolve_kind(kind: str, n: int, dim: int = 0) -> str:
+    """The concrete kind for `kind` ("auto" picks by collection size n and vector width `dim`; anything else is
+    returned as is)."""
     if kind != "auto":
         return kind
     if n < AUTO_FLAT_MAX:
         return "flat"
-    if n < AUTO_HNSW_MAX:
+    if n < (AUTO_HNSW_MAX_WIDE if dim >= AUTO_WIDE_DIM else AUTO_HNSW_MAX):
         return "hnsw"
     return "ivf_pq"
 
@@ -123,6 +137,12 @@ def choose_pq_m(dim: int, nbits: int = 4) -> int:
     down to a divisor of d)."""
     target = max(1, PQ_CODE_BITS_PER_DIM * dim // nbits)
     return max(m for m in range(1, target + 1) if dim % m == 0)
+
+
+def choose_refine_factor(dim: int) -> int:
+    """IVF-PQ candidates re-ranked per result wanted at dimension `dim` (see PQ_REFINE_BUDGET)."""
+    factor = 2 ** round(math.log2(PQ_REFINE_BUDGET / max(dim, 1)))
+    return min(PQ_REFINE_FACTOR_MAX, max(PQ_REFINE_FACTOR_MIN, factor))
 
 
 def _grown(base: int, n: int, growth: float, cap: int) -> int:
@@ -299,7 +319,7 @@ class IVFPQStore(IVFFlatStore):
         if "nbits" in self.params and int(self.params["nbits"]) not in range(PQ_MIN_NBITS, PQ_MAX_NBITS + 1):
             raise InvalidInput(f"ivf_pq: nbits={self.params['nbits']} must be {PQ_MIN_NBITS} to {PQ_MAX_NBITS}")
         self.params.setdefault("m", choose_pq_m(dim, int(self.params.get("nbits", FASTSCAN_NBITS))))
-        self.params.setdefault("refine_factor", PQ_REFINE_FACTOR)
+        self.params.setdefault("refine_factor", choose_refine_factor(dim))
         self.params.setdefault("refine", REFINE_DEFAULT)
         if dim % int(self.params["m"]):
             raise InvalidInput(f"ivf_pq: m={self.params['m']} must divide the dimension {dim}")

@@ -52,6 +52,13 @@ def test_default_store_is_fast_scan_with_a_float16_copy(data) -> None:
     assert recall(store.search(q, K).ids, exact_top(ids, x, q)) >= 0.95
 
 
+def test_refine_factor_shrinks_as_the_dimension_grows() -> None:
+    # 64·k candidates up to d = 64, halved per doubling of d, never below 8·k; an explicit factor is kept.
+    factors = {d: create_vector_store("ivf_pq", d).params["refine_factor"] for d in (32, 64, 128, 256, 384, 512, 768)}
+    assert factors == {32: 64, 64: 64, 128: 32, 256: 16, 384: 8, 512: 8, 768: 8}
+    assert create_vector_store("ivf_pq", 768, params={"refine_factor": 64}).params["refine_factor"] == 64
+
+
 def test_sparse_ids_skip_the_row_table_and_find_the_same_neighbours(data) -> None:
     ids, x, q = data
     dense = create_vector_store("ivf_pq", DIM)
