@@ -82,12 +82,13 @@ PQ_CODE_BITS_PER_DIM = 2  # m x nbits = 2·d bits: d/4 bytes per vector, at any 
 # 1.3-1.6 ms, where 1/16 gave 0.82-0.91 (bench/RESULTS.md, "IVF-PQ fast scan").
 IVF_PROBE_SHARE = 16
 PQ_PROBE_SHARE = 4
-# Candidates re-ranked per result wanted: 4096/d rounded to a power of two, within [8, 64] (`choose_refine_factor`).
-# A PQ score sums m = d/2 sub-quantizer errors, so it errs less against the gaps between neighbours as d grows:
-# on power-law data at 1M, re-ranking fewer than 64·k lost this much recall@10: d = 64, 32·k: 0.008; d = 256, 16·k:
+# Candidates re-ranked per result wanted: 8192 / code bits (m x nbits), rounded to a power of two, within [8, 64]
+# (`choose_refine_factor`); the default codes have 2·d bits, so 4096/d: 64·k at d = 64, 8·k from d = 384. A PQ
+# score sums m sub-quantizer errors, which average out against the gaps between neighbours as the code grows: on
+# power-law data at 1M, re-ranking fewer than 64·k lost this much recall@10: d = 64, 32·k: 0.008; d = 256, 16·k:
 # 0.002; d = 512, 8·k: 0.0004; d = 768, 8·k: 0.0001, where the re-rank of 64·k was 60% of a batch's time
-# (bench/RESULTS.md, "IVF-PQ at d = 768").
-PQ_REFINE_BUDGET = 4096
+# (bench/RESULTS.md, "IVF-PQ at d = 768"). Shorter explicit codes (e.g. m = 64 at d = 768) re-rank more.
+PQ_REFINE_BUDGET_BITS = 8192
 PQ_REFINE_FACTOR_MIN = 8
 PQ_REFINE_FACTOR_MAX = 64
 # The copy IVF-PQ re-ranks its candidates with: float16 (2·d bytes a vector) by default; an 8-bit one (d bytes)
@@ -139,9 +140,10 @@ def choose_pq_m(dim: int, nbits: int = 4) -> int:
     return max(m for m in range(1, target + 1) if dim % m == 0)
 
 
-def choose_refine_factor(dim: int) -> int:
-    """IVF-PQ candidates re-ranked per result wanted at dimension `dim` (see PQ_REFINE_BUDGET)."""
-    factor = 2 ** round(math.log2(PQ_REFINE_BUDGET / max(dim, 1)))
+def choose_refine_factor(code_bits: int) -> int:
+    """IVF-PQ candidates re-ranked per result wanted, for codes of `code_bits` (m x nbits; see
+    PQ_REFINE_BUDGET_BITS)."""
+    factor = 2 ** round(math.log2(PQ_REFINE_BUDGET_BITS / max(code_bits, 1)))
     return min(PQ_REFINE_FACTOR_MAX, max(PQ_REFINE_FACTOR_MIN, factor))
 
 
@@ -319,7 +321,8 @@ class IVFPQStore(IVFFlatStore):
         if "nbits" in self.params and int(self.params["nbits"]) not in range(PQ_MIN_NBITS, PQ_MAX_NBITS + 1):
             raise InvalidInput(f"ivf_pq: nbits={self.params['nbits']} must be {PQ_MIN_NBITS} to {PQ_MAX_NBITS}")
         self.params.setdefault("m", choose_pq_m(dim, int(self.params.get("nbits", FASTSCAN_NBITS))))
-        self.params.setdefault("refine_factor", choose_refine_factor(dim))
+        code_bits = int(self.params["m"]) * int(self.params.get("nbits", FASTSCAN_NBITS))
+        self.params.setdefault("refine_factor", choose_refine_factor(code_bits))
         self.params.setdefault("refine", REFINE_DEFAULT)
         if dim % int(self.params["m"]):
             raise InvalidInput(f"ivf_pq: m={self.params['m']} must divide the dimension {dim}")

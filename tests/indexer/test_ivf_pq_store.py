@@ -56,6 +56,10 @@ def test_refine_factor_shrinks_as_the_dimension_grows() -> None:
     # 64·k candidates up to d = 64, halved per doubling of d, never below 8·k; an explicit factor is kept.
     factors = {d: create_vector_store("ivf_pq", d).params["refine_factor"] for d in (32, 64, 128, 256, 384, 512, 768)}
     assert factors == {32: 64, 64: 64, 128: 32, 256: 16, 384: 8, 512: 8, 768: 8}
+    # It follows the code's bits, not d: shorter explicit codes re-rank more, 8-bit codes of d/4 bytes the same.
+    assert create_vector_store("ivf_pq", 768, params={"m": 64, "nbits": 8}).params["refine_factor"] == 16
+    assert create_vector_store("ivf_pq", 768, params={"m": 32}).params["refine_factor"] == 64
+    assert create_vector_store("ivf_pq", 768, params={"nbits": 8, "m": 192}).params["refine_factor"] == 8
     assert create_vector_store("ivf_pq", 768, params={"refine_factor": 64}).params["refine_factor"] == 64
 
 
