@@ -11,11 +11,11 @@ Sizing (n = number of vectors the index is built for):
   `on_disk` stores default to 8 bits, whose lists faiss can memory-map, and to the 8-bit copy.
   The top refine_factor·k candidates (64·k at d = 64, fewer as d grows: 8·k from d = 384) are re-scored with a
   float16 copy of each vector (`refine`: "fp16", 2·d bytes; "sq8" halves it): the re-rank, not the lists, capped
-  recall at d = 64. At 1M x 64 (bench/search.py data) the
-  fast-scan store reaches recall@10 0.96 (isotropic) / 0.98 (power-law) at its defaults in 1.3-1.6 ms a query;
-  the 8-bit codes and copy it replaced reached 0.91 (isotropic) at the same nprobe in 2.8 ms and never 0.95: the
-  8-bit copy's score error alone cost ~3 points, and fast scan makes a 4x wider probe cheaper than the old narrow
-  one (bench/RESULTS.md, "IVF-PQ fast scan").
+  recall at d = 64. At 1M x 64 (bench/search.py data) the fast-scan store reaches recall@10 0.96 (isotropic) /
+  0.98 (power-law) at its defaults in 1.3-1.6 ms a query; the 8-bit codes and copy it replaced reached 0.91
+  (isotropic) at the same nprobe in 2.8 ms and never 0.95: the 8-bit copy's score error alone cost ~3 points, and
+  fast scan makes a 4x wider probe cheaper than the old narrow one (bench/RESULTS.md, "IVF-PQ fast scan"). At
+  1M x 768 (power-law data) it reaches 0.97 at nprobe 192 with 11x exact search's batch QPS ("IVF-PQ at d = 768").
 - HNSW: M = 32 links per node; efConstruction and efSearch grow with the number of vectors indexed (`hnsw_ef_search`,
   `hnsw_ef_construction`), because a graph over more vectors needs a wider search for the same recall: on the
   clustered d=64 data of bench/search.py, efSearch 128 gives recall@10 0.96 at 100k but 0.76 at 1M. Measured at 1M:
@@ -98,7 +98,7 @@ REFINE_DEFAULT = "fp16"
 # A store keeps an id -> row table for its re-rank copy while its largest id is within this many times its count.
 ROW_TABLE_SLACK = 8
 ROW_TABLE_FLOOR = 1 << 20
-SCRATCH_MAX_BYTES = 16 << 20  # the re-rank's reused buffers, at most (640 candidates x 768 floats: 2 MB)
+SCRATCH_MAX_BYTES = 16 << 20  # the re-rank's reused buffers, at most (64·k = 640 candidates x 768 floats: 2 MB)
 _SEED = 1234
 
 
@@ -446,7 +446,7 @@ class IVFPQStore(IVFFlatStore):
         return float16_into(picked.view(np.float16), out)
 
     def _scratch(self, name: str, rows: int, width: int, dtype: type) -> np.ndarray:
-        """A reused (rows, width) buffer. A search's candidates are MBs at d = 768 (640 x 768 floats: 2 MB), and a
+        """A reused (rows, width) buffer. A search's candidates can be MBs (640 x 768 floats: 2 MB), and a
         fresh array that size is a fresh mapping whose page faults cost more than the re-rank itself on this VM."""
         buffers = self._buffers.__dict__  # this thread's: searches run side by side
         buffer = buffers.get(name)
