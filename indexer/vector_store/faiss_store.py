@@ -50,11 +50,13 @@ from indexer.vector_store.base import SELECTOR_COST, FaissStore, top_k
 # `auto`: exact search while a full scan is cheap; a graph while vectors fit in memory; compressed codes beyond.
 AUTO_FLAT_MAX = 50_000
 AUTO_HNSW_MAX = 2_000_000
-# Wide vectors (every encoder here: 512 or 768) leave the graph at 1M: at 1M x 768 (power-law data) HNSW took 19 min
-# to build and needed efSearch 1024 for recall@10 0.95, no faster than exact search, while IVF-PQ built in 90 s and
-# reached 0.98 at 4 ms a query, in 60% of HNSW's memory (bench/RESULTS.md, "IVF-PQ at d = 768").
+# Wide vectors (every encoder here: 512 or 768) leave the graph at 500k: on power-law data at d = 768, at 1M HNSW took
+# 19 min to build and needed efSearch 1024 for recall@10 0.95, no faster than exact search, while IVF-PQ built in
+# 90 s and reached 0.97 at 3.6 ms a query; at 500k IVF-PQ had 3x HNSW's batch QPS at 0.95 and 0.99 where HNSW had
+# 0.97 at the same 3.8 ms, built 12x faster and holds 60% of HNSW's memory (bench/RESULTS.md, "IVF-PQ at d = 768").
+# At 200k the two were close; between 200k and 500k is not measured.
 AUTO_WIDE_DIM = 512
-AUTO_HNSW_MAX_WIDE = 1_000_000
+AUTO_HNSW_MAX_WIDE = 500_000
 
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80  # at and below HNSW_SIZING_FROM vectors
