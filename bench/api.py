@@ -20,9 +20,8 @@ A uvicorn server runs in this process on 127.0.0.1 (a free port; loopback only) 
 data dir; clients are httpx async clients in two processes of their own (bench/http_client.py, `CLIENT_PROCESSES`).
 Each configuration sends a bounded number of text queries (distinct strings; the text-vector cache is off).
 "overhead" is HTTP p50 at one client minus the in-process p50 of the same call (encode + search), i.e. what the
-service layer (parsing, validation, threads, JSON, loopback TCP) adds. The
-in-process calls run on the main thread; `in_process_on_a_worker_thread` repeats them from a pool thread, where a
-server runs them.
+service layer (parsing, validation, threads, JSON, loopback TCP) adds. The in-process calls run on the main thread;
+`in_process_on_a_worker_thread` repeats them from a pool thread, where a server runs them.
 """
 
 from __future__ import annotations

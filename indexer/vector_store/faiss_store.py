@@ -104,7 +104,7 @@ SCRATCH_MAX_BYTES = 16 << 20  # the re-rank's reused buffers, at most (64·k = 6
 _SEED = 1234
 
 
-def resolve_kind(kind: str, n: int, dim: int = 0) -> str:
+def resolve_kind(kind: str, n: int, dim: int) -> str:
     """The concrete kind for `kind` ("auto" picks by collection size n and vector width `dim`; anything else is
     returned as is)."""
     if kind != "auto":
@@ -322,9 +322,9 @@ class IVFPQStore(IVFFlatStore):
         super().__init__(dim, params)
         if "nbits" in self.params and int(self.params["nbits"]) not in range(PQ_MIN_NBITS, PQ_MAX_NBITS + 1):
             raise InvalidInput(f"ivf_pq: nbits={self.params['nbits']} must be {PQ_MIN_NBITS} to {PQ_MAX_NBITS}")
-        self.params.setdefault("m", choose_pq_m(dim, int(self.params.get("nbits", FASTSCAN_NBITS))))
-        code_bits = int(self.params["m"]) * int(self.params.get("nbits", FASTSCAN_NBITS))
-        self.params.setdefault("refine_factor", choose_refine_factor(code_bits))
+        nbits = int(self.params.get("nbits", FASTSCAN_NBITS))
+        self.params.setdefault("m", choose_pq_m(dim, nbits))
+        self.params.setdefault("refine_factor", choose_refine_factor(int(self.params["m"]) * nbits))
         self.params.setdefault("refine", REFINE_DEFAULT)
         if dim % int(self.params["m"]):
             raise InvalidInput(f"ivf_pq: m={self.params['m']} must divide the dimension {dim}")

@@ -288,7 +288,7 @@ def test_rebuild_from_embeddings(data, kind: str, tmp_path: Path) -> None:
 
 
 def test_auto_kind_by_size() -> None:
-    assert [resolve_kind("auto", n) for n in (0, 49_999, 50_000, 1_999_999, 2_000_000)] == [
+    assert [resolve_kind("auto", n, 64) for n in (0, 49_999, 50_000, 1_999_999, 2_000_000)] == [
         "flat",
         "flat",
         "hnsw",
@@ -305,7 +305,7 @@ def test_auto_kind_by_size() -> None:
     assert resolve_kind("auto", 500_000, 511) == "hnsw" and resolve_kind("auto", 500_000, 512) == "ivf_pq"
     assert create_vector_store("auto", 768, expected_size=500_000).kind == "ivf_pq"
     assert target_kind("auto", 500_000, 768) == "ivf_pq" and target_kind("auto", 500_000, 64) == "hnsw"
-    assert resolve_kind("ivf_flat", 10) == "ivf_flat" and resolve_kind("hnsw", 5_000_000, 768) == "hnsw"
+    assert resolve_kind("ivf_flat", 10, 64) == "ivf_flat" and resolve_kind("hnsw", 5_000_000, 768) == "hnsw"
     assert create_vector_store("auto", DIM, expected_size=60_000).kind == "hnsw"
     with pytest.raises(InvalidInput, match=r"Available: \['auto', 'flat', 'hnsw', 'ivf_flat', 'ivf_pq'\]"):
         create_vector_store("annoy", DIM)
