@@ -275,6 +275,9 @@ def load_saved(live: LiveCollection, space: Space | None = None) -> tuple[Vector
         return None, "corrupt"
     if store.dim != space.dim:
         return None, "mismatched"
+    if store.needs_rebuild:
+        log.warning("index file written by an older version with a known defect, rebuilding", extra={"path": str(path)})
+        return None, "outdated"
     return store, "file"
 
 

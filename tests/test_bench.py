@@ -90,13 +90,14 @@ def test_search_benchmark_refuses_a_malformed_variant(variant: str, capsys: pyte
 def test_search_benchmark_reports_live_updates(capsys: pytest.CaptureFixture, monkeypatch) -> None:  # noqa: ANN001
     from bench.search import main as search_main
 
-    argv = ["bench.search", "--sizes", "3000", "--queries", "20", "--kinds", "flat,ivf_flat", "--json"]
+    argv = ["bench.search", "--sizes", "3000", "--queries", "20", "--kinds", "flat,ivf_flat,ivf_pq", "--json"]
     monkeypatch.setattr("sys.argv", argv)
     search_main()
     results = json.loads(capsys.readouterr().out)["results"]
     for result in results.values():
         updates = result["updates_of_32"]
         assert set(updates) >= {"add_p50_ms", "search_after_add_p50_ms", "remove_p50_ms", "save_s"}
+        assert updates["found_after_removals"] == 1.0  # vectors added where removed ones were are found
         assert all(updates[key] > 0 for key in ("add_p50_ms", "search_after_add_p50_ms", "remove_p50_ms", "save_s"))
         assert updates["search_during_save_max_ms"] >= 0  # 0 when the save ended before any search ran
         parallel = result["parallel_single_queries"]

@@ -70,6 +70,12 @@ class VectorStore(Protocol):
         """Share of stored vectors that are removed but still occupy the index (HNSW); rebuild when high."""
         ...
 
+    @property
+    def needs_rebuild(self) -> bool:
+        """True when the saved file this store was loaded from is known to hold wrong data that only a rebuild from
+        the embeddings mends (IVF-PQ fast-scan lists saved before removals cleared their slots)."""
+        ...
+
     def add(self, ids: Any, vectors: Any) -> int:
         """Add float32 (n, dim) vectors; ids already present are skipped. Returns how many were added."""
         ...

@@ -233,6 +233,11 @@ class FaissStore:
         total = len(self._ids) + len(self._tombstones)
         return len(self._tombstones) / total if total else 0.0
 
+    @property
+    def needs_rebuild(self) -> bool:
+        """Whether the file this store was loaded from holds data known to be wrong (see IVFPQStore)."""
+        return False
+
     def add(self, ids: Any, vectors: Any) -> int:
         """Add vectors under `ids`; ids already present are skipped (idempotent). Returns how many were added."""
         vectors = check_vectors(vectors, self.dim)

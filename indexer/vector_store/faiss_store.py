@@ -16,6 +16,9 @@ Sizing (n = number of vectors the index is built for):
   (isotropic) at the same nprobe in 2.8 ms and never 0.95: the 8-bit copy's score error alone cost ~3 points, and
   fast scan makes a 4x wider probe cheaper than the old narrow one (bench/RESULTS.md, "IVF-PQ fast scan"). At
   1M x 768 (power-law data) it reaches 0.97 at nprobe 192 with 11x exact search's batch QPS ("IVF-PQ at d = 768").
+  A removal takes its ids out of the lists at once (and zeroes the code slots faiss's fast-scan removal leaves
+  behind, which spoiled the codes of vectors added after it: fast_scan.py), and out of the re-rank copy in bulk, once
+  they are an eighth of it (`COPY_STALE_SHARE`).
 - HNSW: M = 32 links per node; efConstruction and efSearch grow with the number of vectors indexed (`hnsw_ef_search`,
   `hnsw_ef_construction`), because a graph over more vectors needs a wider search for the same recall: on the
   clustered d=64 data of bench/search.py, efSearch 128 gives recall@10 0.96 at 100k but 0.76 at 1M. Measured at 1M:
@@ -45,7 +48,8 @@ import faiss
 import numpy as np
 
 from indexer.errors import InvalidInput
-from indexer.vector_store.base import SELECTOR_COST, FaissStore, top_k
+from indexer.vector_store.base import SELECTOR_COST, FaissStore, merge_disjoint, sorted_contains, top_k
+from indexer.vector_store.fast_scan import clear_vacated_slots, is_fast_scan, list_sizes
 
 # `auto`: exact search while a full scan is cheap; a graph while vectors fit in memory; compressed codes beyond.
 AUTO_FLAT_MAX = 50_000
@@ -97,6 +101,15 @@ PQ_REFINE_FACTOR_MAX = 64
 # halves that but its ~1e-3 score error cost 3 points of recall@10 on bench/search.py's isotropic data.
 REFINE_TYPES = {"fp16": faiss.ScalarQuantizer.QT_fp16, "sq8": faiss.ScalarQuantizer.QT_8bit}
 REFINE_DEFAULT = "fp16"
+# Marks an IVF-PQ store whose fast-scan lists had the slots of every removal cleared (fast_scan.py): in one saved
+# before, a vector added after a removal may carry a spoiled code, so such a store is rebuilt from the embeddings.
+CLEAN_REMOVALS = "clean_removals"
+# A removal takes its ids out of the IVF-PQ lists at once but leaves their rows in the re-rank copy, out of reach (no
+# list names them, the row table forgets them): taking rows out of the copy moves every later row and rebuilds
+# IndexIDMap2's id -> row hash, 191 ms for 32 ids at 1M x 768 (57 ms at d = 64) with searches held, against 4 ms for
+# the lists. The copy drops such rows together once they are 1/COPY_STALE_SHARE of it, or before one of their ids is
+# added again (bench/RESULTS.md, "Removals from IVF-PQ").
+COPY_STALE_SHARE = 8
 # A store keeps an id -> row table for its re-rank copy while its largest id is within this many times its count.
 ROW_TABLE_SLACK = 8
 ROW_TABLE_FLOOR = 1 << 20
@@ -344,6 +357,7 @@ class IVFPQStore(IVFFlatStore):
         # Set on build and load, and by ShardedStore when it copies, maps or re-reads a shard's copy.
         self._refine_copy = copy
         self._rows: np.ndarray | None = None
+        self._stale_ids: np.ndarray | None = None  # None: not known yet (see `_stale`)
 
     def _build_index(self, vectors: np.ndarray) -> faiss.Index:
         sizing = {"nbits": FASTSCAN_NBITS, "refine": REFINE_DEFAULT, **self._sizing(vectors)}
@@ -365,19 +379,54 @@ class IVFPQStore(IVFFlatStore):
         refine = faiss.IndexScalarQuantizer(self.dim, REFINE_TYPES[sizing["refine"]], faiss.METRIC_INNER_PRODUCT)
         refine.train(_training_sample(vectors, 2**nbits))
         self._refine = faiss.IndexIDMap2(refine)
+        sizing[CLEAN_REMOVALS] = True
         self.params = sizing
         return index
 
+    @property
+    def needs_rebuild(self) -> bool:
+        """Fast-scan lists saved before removals cleared the slots they free (`CLEAN_REMOVALS`)."""
+        return is_fast_scan(self._index) and not self.params.get(CLEAN_REMOVALS)
+
     def _add_to_index(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        stale = self._stale()
+        if len(stale) and sorted_contains(stale, ids).any():
+            self._drop_stale_rows(stale)  # an id comes back: its old row goes before its new one is added
         first_row = self._refine.ntotal
         self._index.add_with_ids(vectors, ids)
         self._refine.add_with_ids(vectors, ids)
         self._rows = self._extended_rows(ids, first_row)
 
     def _remove_from_index(self, ids: np.ndarray) -> None:
-        self._index.remove_ids(faiss.IDSelectorBatch(ids))
-        self._refine.remove_ids(faiss.IDSelectorBatch(ids))
-        self._rows = None  # the copy closes the gaps: every later row moves
+        if is_fast_scan(self._index):
+            before = list_sizes(self._index)
+            self._index.remove_ids(faiss.IDSelectorBatch(ids))
+            clear_vacated_slots(self._index, np.flatnonzero(list_sizes(self._index) != before))
+        else:
+            self._index.remove_ids(faiss.IDSelectorBatch(ids))
+        stale = merge_disjoint(self._stale(), ids)
+        if len(stale) * COPY_STALE_SHARE >= self._refine.ntotal:
+            self._drop_stale_rows(stale)
+            return
+        self._stale_ids = stale  # their rows stay in the copy, out of reach (see COPY_STALE_SHARE)
+        if self._rows is not None and len(self._rows):
+            self._rows[ids] = -1
+
+    def _stale(self) -> np.ndarray:
+        """Sorted ids whose rows the re-rank copy still holds after their removal. Worked out from the copy's ids
+        and the live ones when not known (a copy read from a file or handed over by ShardedStore)."""
+        if self._stale_ids is None:
+            if self._refine.ntotal == len(self._ids):
+                self._stale_ids = np.empty(0, dtype=np.int64)
+            else:
+                held = faiss.vector_to_array(self._refine.id_map)
+                self._stale_ids = np.sort(held[~sorted_contains(self._ids, held)])
+        return self._stale_ids
+
+    def _drop_stale_rows(self, stale: np.ndarray) -> None:
+        self._refine.remove_ids(faiss.IDSelectorBatch(stale))
+        self._stale_ids = stale[:0]
+        self._rows = None  # the copy closed the gaps: every later row moved
 
     def _row_table(self) -> np.ndarray | None:
         """id -> row of the re-rank copy (-1: absent), indexed by id; None when the ids are too sparse for one.

@@ -153,6 +153,10 @@ class ShardedStore:
             return np.sort(np.concatenate([s.ids() for s in self._shards]))
 
     @property
+    def needs_rebuild(self) -> bool:
+        return any(shard.needs_rebuild for shard in self._shards)
+
+    @property
     def removed_fraction(self) -> float:
         tomb = sum(len(s._tombstones) for s in self._shards)
         total = tomb + len(self)

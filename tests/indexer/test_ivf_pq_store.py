@@ -209,3 +209,126 @@ def test_a_search_for_many_results_does_not_keep_its_buffers(data, monkeypatch: 
     monkeypatch.setattr(faiss_store, "SCRATCH_MAX_BYTES", kept["vectors"])
     many = store.search(q[:1], 5 * K)  # 5x the candidates: answered, its buffer not kept
     assert (many.ids >= 0).all() and {n: b.nbytes for n, b in store._buffers.__dict__.items()} == kept
+
+
+def copy_ids(store) -> np.ndarray:  # noqa: ANN001
+    return faiss.vector_to_array(store._refine.id_map)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_removals_leave_rows_in_the_copy_until_they_are_an_eighth_of_it(data, sparse: bool) -> None:
+    """A removal takes its ids out of the lists only: the copy keeps their rows, unreachable, and the row table
+    forgets them in place. Searches answer as from a copy without them; at 1/8 of the copy they are dropped."""
+    ids, x, q = data
+    ids = ids * 1_000_003 + (1 << 40) if sparse else ids
+    store = create_vector_store("ivf_pq", DIM)
+    store.add(ids, x)
+    store.search(q, K)
+    table = store._rows
+    gone = np.unique(store.search(q, K).ids[:, :3])
+    store.remove(gone)
+    assert store._refine.ntotal == N and len(store) == N - len(gone)
+    assert store._rows is table  # not rebuilt
+    if not sparse:
+        assert (table[gone] == -1).all()
+    np.testing.assert_array_equal(store._stale(), gone)
+    kept = store.search(q, K)
+    assert not np.isin(kept.ids, gone).any()
+    store._drop_stale_rows(store._stale())  # what the copy holds does not change an answer
+    assert store._refine.ntotal == len(store)
+    after = store.search(q, K)
+    np.testing.assert_array_equal(after.ids, kept.ids)
+    np.testing.assert_array_equal(after.scores, kept.scores)
+    # Removed in batches, the copy keeps its stale rows up to an eighth of its rows, then drops them all at once.
+    live = store.ids()
+    sizes = []
+    for batch in np.array_split(np.random.default_rng(5).permutation(live)[: N // 6], 20):
+        store.remove(batch)
+        sizes.append(store._refine.ntotal)
+        assert len(store._stale()) * 8 < store._refine.ntotal
+        assert set(copy_ids(store)) == set(store.ids()) | set(store._stale())
+    drops = [i for i in range(1, len(sizes)) if sizes[i] < sizes[i - 1]]
+    assert sizes[0] == len(live) and len(drops) == 1  # ~1,480 stale rows of ~11,850
+    held = store.ids()
+    np.testing.assert_allclose(store._reconstruct(held), x[np.searchsorted(ids, held)], atol=1e-3)
+    filtered = store.search(q, K, allowed_ids=held[::7])  # scored from the copy: only allowed, live ids
+    assert np.isin(filtered.ids, held[::7]).all()
+
+
+def test_a_removed_id_added_again_gets_its_new_vector(data) -> None:
+    ids, x, q = data
+    store = create_vector_store("ivf_pq", DIM)
+    store.add(ids, x)
+    store.search(q, K)
+    store.remove(ids[:5])
+    assert len(store._stale()) == 5
+    store.add(ids[2:3], x[-1:])  # one of them back: the stale rows go first, so the copy holds each id once
+    assert len(store._stale()) == 0 and store._refine.ntotal == N - 4
+    assert len(np.unique(copy_ids(store))) == store._refine.ntotal
+    np.testing.assert_allclose(store._reconstruct(ids[2:3]), x[-1:], atol=1e-3)
+    assert store.search(x[-1:], 2).ids[0].tolist() in ([ids[2], ids[-1]], [ids[-1], ids[2]])
+
+
+def test_stale_rows_survive_a_save_and_are_known_after_loading(data, tmp_path: Path) -> None:
+    ids, x, q = data
+    for params in ({}, {"shards": 2}):
+        store = create_vector_store("ivf_pq", DIM, params=params)
+        store.add(ids, x)
+        store.remove(ids[::50])
+        path = tmp_path / f"store{len(params)}.ivs"
+        store.save(path)
+        loaded = load_vector_store(path)
+        np.testing.assert_array_equal(loaded.search(q, K).ids, store.search(q, K).ids)
+        shards = getattr(loaded, "_shards", [loaded])
+        assert sum(len(s._stale()) for s in shards) == len(ids[::50])
+        loaded.add(ids[::50][:3], x[:3])  # back again after the load: their old rows are dropped first
+        assert sum(len(np.unique(copy_ids(s))) for s in shards) == sum(s._refine.ntotal for s in shards)
+        assert loaded.search(x[:1], 1).ids[0, 0] == ids[0]
+
+
+def pq_scores(store, query: np.ndarray) -> dict[int, float]:  # noqa: ANN001
+    """Every listed id's fast-scan score for `query` (all lists probed, no re-rank)."""
+    everything = faiss.SearchParametersIVF(nprobe=int(store.params["nlist"]))
+    scores, found = store._index.search(query, store._index.ntotal, params=everything)
+    return dict(zip(found[0].tolist(), scores[0].tolist()))
+
+
+def test_vectors_added_after_removals_get_their_own_codes(data) -> None:
+    """faiss's fast-scan removal leaves old codes in the slots it frees, and an add into such a slot merged its
+    code with them (a vector removed and added again scored -0.007 against itself). Removing and adding in either
+    order must give every listed id the same code, so the same score."""
+    ids, x, q = data
+    removed, fresh_ids = ids[::7], np.arange(10**6, 10**6 + 3000, dtype=np.int64)
+    fresh = clustered(3000, DIM, np.random.default_rng(11), x[:40])
+    first = create_vector_store("ivf_pq", DIM)  # removes, then adds: ids back, and new ones into the freed slots
+    first.add(ids, x)
+    first.remove(removed)
+    first.add(np.concatenate([removed[:500], fresh_ids]), np.concatenate([x[::7][:500], fresh]))
+    second = create_vector_store("ivf_pq", DIM)  # same training (same first batch), removals last
+    second.add(ids, x)
+    second.add(fresh_ids, fresh)
+    second.remove(removed[500:])
+    assert np.array_equal(first.ids(), second.ids())
+    for query in (q[:3], x[::7][:2], fresh[:2]):
+        for one in query:
+            a, b = pq_scores(first, one[None]), pq_scores(second, one[None])
+            assert a.keys() == b.keys()
+            np.testing.assert_allclose([a[i] for i in b], list(b.values()), atol=1e-5)
+    # The ids that came back are found first by their own vectors, as is each new one.
+    np.testing.assert_array_equal(first.search(x[::7][:500], 1).ids[:, 0], removed[:500])
+    np.testing.assert_array_equal(first.search(fresh[:200], 1).ids[:, 0], fresh_ids[:200])
+
+
+def test_a_fast_scan_store_saved_before_clean_removals_asks_for_a_rebuild(data, tmp_path: Path) -> None:
+    ids, x, _ = data
+    for params, fast in (({}, True), ({"shards": 2}, True), ({"nbits": 8}, False)):
+        store = create_vector_store("ivf_pq", DIM, params=params)
+        store.add(ids, x)
+        path = tmp_path / "store.ivs"
+        store.save(path)
+        assert not load_vector_store(path).needs_rebuild
+        header, sections = read_store_file(path)
+        for saved in (header["params"], *header.get("shard_params", [])):
+            del saved["clean_removals"]
+        write_store_file(path, header, {name: bytes(part) for name, part in sections.items()})
+        assert load_vector_store(path).needs_rebuild is fast  # 8-bit lists remove correctly
