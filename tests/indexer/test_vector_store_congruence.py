@@ -298,16 +298,16 @@ def test_auto_kind_by_size() -> None:
         "hnsw",
         "ivf_pq",
     ]
-    # Vectors of 512 dimensions or more (every encoder's) leave the graph for IVF-PQ at 500k instead of 2M.
-    assert [resolve_kind("auto", n, 768) for n in (49_999, 50_000, 499_999, 500_000)] == [
+    # Vectors of 512 dimensions or more (every encoder's) leave the graph for IVF-PQ at 300k instead of 2M.
+    assert [resolve_kind("auto", n, 768) for n in (49_999, 50_000, 299_999, 300_000)] == [
         "flat",
         "hnsw",
         "hnsw",
         "ivf_pq",
     ]
-    assert resolve_kind("auto", 500_000, 511) == "hnsw" and resolve_kind("auto", 500_000, 512) == "ivf_pq"
-    assert create_vector_store("auto", 768, expected_size=500_000).kind == "ivf_pq"
-    assert target_kind("auto", 500_000, 768) == "ivf_pq" and target_kind("auto", 500_000, 64) == "hnsw"
+    assert resolve_kind("auto", 300_000, 511) == "hnsw" and resolve_kind("auto", 300_000, 512) == "ivf_pq"
+    assert create_vector_store("auto", 768, expected_size=300_000).kind == "ivf_pq"
+    assert target_kind("auto", 300_000, 768) == "ivf_pq" and target_kind("auto", 300_000, 64) == "hnsw"
     assert resolve_kind("ivf_flat", 10, 64) == "ivf_flat" and resolve_kind("hnsw", 5_000_000, 768) == "hnsw"
     assert create_vector_store("auto", DIM, expected_size=60_000).kind == "hnsw"
     with pytest.raises(InvalidInput, match=r"Available: \['auto', 'flat', 'hnsw', 'ivf_flat', 'ivf_pq'\]"):
