@@ -2,6 +2,10 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from app.openblas import choose_openblas_core
+
+choose_openblas_core()  # before any app module imports the indexer, which loads faiss (see openblas.py)
+
 try:
     __version__ = version("internvl-search")
 except PackageNotFoundError:  # running from a source tree that was never installed

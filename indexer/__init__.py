@@ -9,10 +9,6 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from indexer.openblas import choose_openblas_core
-
-choose_openblas_core()  # before anything loads faiss (see openblas.py)
-
 _EXPORTS = {
     "EngineConfig": "indexer.config",
     "CollectionInfo": "indexer.info",

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, make_url, text
 
-import indexer  # noqa: F401  (before any test module loads faiss: it picks faiss's OpenBLAS kernels, indexer/openblas.py)
+import app  # noqa: F401  (before any test module loads faiss: it picks faiss's OpenBLAS kernels, app/openblas.py)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from indexer.openblas import choose_openblas_core, core_for, cpu_flags
+from app.openblas import choose_openblas_core, core_for, cpu_flags
 
 AVX512_FLAGS = "fpu sse sse2 ssse3 sse4_1 sse4_2 avx avx2 fma avx512f avx512dq avx512cd avx512bw avx512vl avx512_vnni"
 
@@ -46,7 +46,7 @@ def test_faiss_loads_with_the_kernels_the_cpu_calls_for() -> None:
     if expected is None or os.uname().machine != "x86_64":
         pytest.skip("no x86-64 CPU with AVX2 + FMA here: OpenBLAS's own choice stands")
     env = {key: value for key, value in os.environ.items() if key != "OPENBLAS_CORETYPE"} | {"OPENBLAS_VERBOSE": "2"}
-    code = "import indexer.vector_store, faiss; print(faiss.IndexFlatIP(4).d)"
+    code = "import app.main, faiss; print(faiss.IndexFlatIP(4).d)"
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     cores = [

@@ -7,7 +7,9 @@ search of 1,000 queries over 300k x 768 at 85 QPS instead of 319, k-means 4.8x s
 OpenBLAS"). OpenBLAS reads OPENBLAS_CORETYPE when it loads, so unless the user set it, it is set here, from the
 CPU's flags, to the kernels its detection picks on a CPU it knows with those flags: SkylakeX with AVX-512 (F, CD, BW,
 DQ, VL), Haswell with AVX2 and FMA. numpy's own (newer) OpenBLAS picks the same on these CPUs. It must happen before
-faiss is first loaded: `indexer/__init__.py` calls `choose_openblas_core` (and so does every `indexer.*` import).
+faiss is first loaded: `app/__init__.py` calls `choose_openblas_core`, so every entry point of the service does
+(`internvl-search`, `app.main`), and so do bench/ and the tests, which import `app` first. Code that uses the indexer
+without the app sets OPENBLAS_CORETYPE itself.
 """
 
 from __future__ import annotations
