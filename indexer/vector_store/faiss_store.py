@@ -57,9 +57,10 @@ AUTO_HNSW_MAX = 2_000_000
 # Wide vectors (every encoder here: 512 or 768) leave the graph at 300k: on power-law data at d = 768, at 1M HNSW took
 # 19 min to build and needed efSearch 1024 for recall@10 0.95, no faster than exact search, while IVF-PQ built in
 # 90 s and reached 0.97 at 3.6 ms a query; at 500k IVF-PQ had 3x HNSW's batch QPS at 0.95; at 300k 1.9x at 0.95 and
-# 5.8x at 0.99, and at their defaults 0.997 where HNSW had 0.987 at the same 2.8 ms p50, built in 126 s vs 173 s. At
-# 200k IVF-PQ still leads at a given recall, but at the defaults HNSW answers in half the time (0.994 at 1.5 ms vs
-# 0.9996 at 2.9 ms) and builds faster (bench/RESULTS.md, "IVF-PQ at d = 768" and "Between 200k and 500k").
+# 5.8x at 0.99, and at their defaults 0.997 where HNSW had 0.987 at the same 2.8 ms p50; it built in 33 s (126 s on
+# SSE3 BLAS kernels) against HNSW's 173 s. At 200k IVF-PQ still leads at a given recall, but at the defaults HNSW
+# answers in half the time (0.994 at 1.5 ms vs 0.9996 at 2.9 ms) (bench/RESULTS.md, "IVF-PQ at d = 768" and "Between
+# 200k and 500k").
 AUTO_WIDE_DIM = 512
 AUTO_HNSW_MAX_WIDE = 300_000
 
