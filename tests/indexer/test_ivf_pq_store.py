@@ -1,5 +1,6 @@
 """IVF-PQ as the engine builds it: fast-scan 4-bit codes, a float16 re-rank copy found through an id -> row table,
-8-bit codes where the lists must be memory-mapped, and stores saved before any of that."""
+8-bit codes where the lists must be memory-mapped, removals that leave later adds intact and their rows in the copy
+for a while, and stores saved before any of that."""
 
 from __future__ import annotations
 
