@@ -6,7 +6,7 @@ allocated entries are 0 on input"), and a removal (faiss 1.15.1, `BlockInvertedL
 last vectors into the freed slots and shrinks the list, but leaves the old codes in the slots at the end of the last
 block. A vector later added into such a slot got its code merged with the old one: in a test, a vector removed and
 added again scored -0.007 against itself instead of 0.87 and was never found. So after every removal the slots past
-the end of each shortened list are zeroed here (`clear_vacated_slots`).
+the end of each shortened list are zeroed here (`remove_ids`).
 """
 
 from __future__ import annotations
@@ -19,12 +19,22 @@ def is_fast_scan(index: faiss.Index | None) -> bool:
     return index is not None and isinstance(faiss.downcast_index(index), faiss.IndexIVFFastScan)
 
 
-def list_sizes(index: faiss.Index) -> np.ndarray:
+def remove_ids(index: faiss.Index, ids: np.ndarray) -> None:
+    """Remove `ids` from an IVF index; from a fast-scan one, then zero the slots it freed in every shortened list."""
+    if not is_fast_scan(index):
+        index.remove_ids(faiss.IDSelectorBatch(ids))
+        return
+    before = _list_sizes(index)
+    index.remove_ids(faiss.IDSelectorBatch(ids))
+    _clear_vacated_slots(index, np.flatnonzero(_list_sizes(index) != before))
+
+
+def _list_sizes(index: faiss.Index) -> np.ndarray:
     lists = index.invlists
     return np.fromiter((lists.list_size(i) for i in range(index.nlist)), dtype=np.int64, count=index.nlist)
 
 
-def clear_vacated_slots(index: faiss.Index, lists: np.ndarray) -> None:
+def _clear_vacated_slots(index: faiss.Index, lists: np.ndarray) -> None:
     """Zero the code slots past the end of each of `lists` (list numbers) in its last block."""
     fast = faiss.downcast_index(index)
     blocks = faiss.downcast_InvertedLists(fast.invlists)
