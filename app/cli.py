@@ -237,6 +237,7 @@ def _engine(settings, *, load_collections: bool = False):  # noqa: ANN001, ANN20
         url_allowed_networks=tuple(settings.url_allowed_network_list()),
         decode_timeout_s=settings.decode_timeout_s,
         decode_workers=settings.decode_workers,
+        reduce_jpeg_decode=settings.reduce_jpeg_decode,
         max_image_pixels=settings.max_image_pixels,
         max_source_bytes=settings.max_upload_bytes,
         migrate_max_regression=settings.migrate_max_regression,

@@ -286,7 +286,7 @@ class Searcher:
         if uploads is not None and not 1 <= len(uploads) <= cschemas.MAX_IMAGES:
             raise InvalidInput(f"send 1 to {cschemas.MAX_IMAGES} images in form fields `file` and `files`")
         encoder = self.encoder_for(req.encoder, req.collection)
-        images = (decode_query_image(self.engine, data) for data in self._classify_bytes(req, uploads))
+        images = (decode_query_image(self.engine, data, encoder) for data in self._classify_bytes(req, uploads))
         rankings = classify_images(
             encoder, images, req.labels, language=req.language, templates=req.templates, k=req.k,
             cache=self.engine.text_vectors,
@@ -315,7 +315,7 @@ class Searcher:
             self.check_text(text)
         encoder = self.encoder_for(req.encoder, None)
         max_bytes = self.engine.config.max_source_bytes
-        images = [decode_query_image(self.engine, decode_base64(b, max_bytes)) for b in req.images_base64]
+        images = [decode_query_image(self.engine, decode_base64(b, max_bytes), encoder) for b in req.images_base64]
         texts, pictures = embed(encoder, req.texts, images)
         return cschemas.EmbedResponse(
             encoder=encoder.name, dim=encoder.dim, fingerprint=encoder.fingerprint,

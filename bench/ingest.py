@@ -11,6 +11,9 @@
   for decoded input (0 means decoding keeps up); `encoder_busy` = share of it spent in the forward pass (the
   same-run view of efficiency, which a shared machine's drifting load cannot skew). On a CPU, decoding and the
   model share the same cores, so efficiency is bounded by that contention, not only by the pipeline.
+* `decode_preprocess_images_per_s_one_thread`: what one decode worker supplies (read, decode, preprocess), with
+  large JPEGs decoded reduced for the encoder's input as the pipeline does, against decoding every pixel (the
+  `reduce_jpeg_decode` option off, what `--full-decode` gives the job too); `--size 4032x3024` is a 12 MP photo.
 * `--random-internvl mid|14b`: an InternVL-C checkpoint with random weights (bench/encode.py's configs) is written
   to a temporary directory in the official layout and loaded by the real loader; on CUDA the loader's peak memory
   is reported against the weights' size (goal: at most 1.1x).
@@ -32,6 +35,7 @@ from PIL import Image
 
 from indexer import Engine, EngineConfig, IngestItem
 from indexer.catalog import migrate
+from indexer.pipeline.decode import decode_image
 from internvl_models import create_encoder
 
 
@@ -67,12 +71,13 @@ def model_only(encoder, paths: list[Path], batch: int, seconds: float) -> float:
     return batch / float(np.median(times))
 
 
-def preprocess_only(encoder, paths: list[Path]) -> float:  # noqa: ANN001 - Encoder
-    """images/s of decode + preprocess on one thread (what one decode worker can supply)."""
+def preprocess_only(encoder, paths: list[Path], reduce_for: int | None) -> float:  # noqa: ANN001 - Encoder
+    """images/s of read + decode + preprocess on one thread (what one decode worker can supply), as the pipeline
+    does it (`reduce_for`: decode_image's)."""
     start = time.perf_counter()
     for path in paths[:64]:
-        with Image.open(path) as image:
-            encoder.preprocess_image(image)
+        decoded = decode_image(path.read_bytes(), max_pixels=2**31, max_frames=1, reduce_for=reduce_for)
+        encoder.preprocess_image(decoded.image)
     return min(64, len(paths)) / (time.perf_counter() - start)
 
 
@@ -126,6 +131,7 @@ def end_to_end(args: argparse.Namespace, encoder, root: Path, photos: Path) -> d
         image_batch_size=args.batch,
         decode_workers=args.workers,
         allowed_roots=(photos.resolve(),),
+        reduce_jpeg_decode=not args.full_decode,
     )
     # The same encoder object as the model-only figure, so both numbers describe the same model and threads.
     with Engine(config, lambda *a, **k: encoder).open(resume_jobs=False) as engine:
@@ -150,6 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=max(2, (os.cpu_count() or 2)))
     parser.add_argument("--seconds", type=float, default=5.0, help="minimum timing window for model-only")
     parser.add_argument("--random-internvl", choices=["mid", "14b"], default=None, help="random InternVL-C weights")
+    parser.add_argument("--full-decode", action="store_true", help="the job decodes every pixel (no reduced JPEGs)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     size = tuple(int(v) for v in args.size.split("x"))
@@ -161,7 +168,11 @@ def main(argv: list[str] | None = None) -> None:
         paths = make_photos(root / "photos", args.images, size)  # type: ignore[arg-type]
         encoder, loading = load_encoder(args)
         before = model_only(encoder, paths, args.batch, args.seconds)
-        supply = preprocess_only(encoder, paths)
+        # Interleaved, so that drifting load from elsewhere reaches both alike.
+        supply, supply_full = [], []
+        for _ in range(2):
+            supply.append(preprocess_only(encoder, paths, encoder.info.image_size))
+            supply_full.append(preprocess_only(encoder, paths, None))
         e2e = end_to_end(args, encoder, root, root / "photos")
         # Measured on both sides of the job and averaged: the machine's other load drifts during a run.
         ceiling = (before + model_only(encoder, paths, args.batch, args.seconds)) / 2
@@ -174,7 +185,10 @@ def main(argv: list[str] | None = None) -> None:
         "batch": args.batch,
         "decode_workers": args.workers,
         "model_only_images_per_s": round(ceiling, 2),
-        "decode_preprocess_images_per_s_one_thread": round(supply, 2),
+        "decode_preprocess_images_per_s_one_thread": round(float(np.mean(supply)), 2),
+        "same_full_decode": round(float(np.mean(supply_full)), 2),
+        "reduced_vs_full_decode": round(float(np.sum(supply) / np.sum(supply_full)), 2),
+        "job_decode": "full" if args.full_decode else "reduced JPEGs",
         "end_to_end_images_per_s": round(e2e["images_per_s"], 2),
         "encoder_in_pipeline_images_per_s": round(args.images / e2e["encode_s"], 2),
         "pipeline_efficiency": round(e2e["images_per_s"] / ceiling, 3),

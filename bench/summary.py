@@ -60,6 +60,7 @@ def ingest(r: dict) -> list[Row]:
         ("end-to-end images/s", _f(r["end_to_end_images_per_s"]), f"model-only {_f(r['model_only_images_per_s'])}"),
         ("pipeline efficiency", _f(r["pipeline_efficiency"]), "end-to-end / model-only; goal >= 0.9"),
         ("encoder busy / waiting", f"{_f(r['encoder_busy_fraction'])} / {_f(r['encoder_wait_fraction'])}", "share of job wall time"),
+        ("decode + preprocess, one thread", f"{_f(r['decode_preprocess_images_per_s_one_thread'])} images/s", f"{_f(r['reduced_vs_full_decode'])}x a full decode ({_f(r['same_full_decode'])}), {r['photo_size']} JPEGs"),
     ]  # fmt: skip
 
 

@@ -150,6 +150,7 @@ class RayJobRuntime(JobRuntime):
             config=config,
             resolver=engine.resolver,
             transform=pixel_transform(encoder),
+            reduce_for=config.jpeg_reduce_for(encoder),
             keep=live.storage,
             database_url=config.resolved_database_url,
             collection_id=live.id,
@@ -177,6 +178,7 @@ class _DecodeSpec:
     config: EngineConfig
     resolver: Callable[[str, int], Sequence[str]] | None
     transform: Callable[[Any], torch.Tensor] | None  # None: ship the decoded RGB, the encoder actor preprocesses
+    reduce_for: int | None  # decode_image's: the encoder's input size, or None (every pixel)
     keep: str  # the collection's storage policy: originals | thumbnails | none
     database_url: str
     collection_id: int
@@ -256,6 +258,7 @@ def decode_batch(batch: dict[str, np.ndarray], spec: _DecodeSpec) -> dict[str, n
         max_frames=config.max_frames,
         clock=clock,
         timeout_s=config.decode_timeout_s,
+        reduce_for=spec.reduce_for,
     )
     rows: list[dict[str, Any]] = []
     try:

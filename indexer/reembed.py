@@ -127,7 +127,8 @@ def embed_missing(
         try:
             data = reader.read(sha256, source)
             image = decode_image(data, max_pixels=engine.config.max_image_pixels, max_frames=engine.config.max_frames,
-                                 timeout_s=engine.config.decode_timeout_s)  # fmt: skip
+                                 timeout_s=engine.config.decode_timeout_s,
+                                 reduce_for=engine.config.jpeg_reduce_for(encoder))  # fmt: skip
             return _Ready(image_id, encoder.preprocess_image(image.image), source=source)
         except (SourceError, DecodeError) as exc:
             return _Ready(image_id, None, str(exc), source)

@@ -60,13 +60,14 @@ def check_rank(k: int, offset: int) -> None:
         raise InvalidInput(f"offset must be an integer from 0 to {MAX_K}, got {offset!r}")
 
 
-def query_image(image: Image.Image | bytes, config: EngineConfig) -> Image.Image:
+def query_image(image: Image.Image | bytes, config: EngineConfig, reduce_for: int | None = None) -> Image.Image:
     """A query image as the encoder takes it, under the limits ingested images get: bytes decoded within the pixel,
-    frame and time limits of `config` (8-bit RGB), a PIL image held to the pixel limit; InvalidInput otherwise."""
+    frame and time limits of `config` (8-bit RGB; a JPEG reduced for a model input of `reduce_for`, as ingestion
+    does), a PIL image held to the pixel limit; InvalidInput otherwise."""
     if isinstance(image, bytes | bytearray | memoryview):
         limits = {"max_pixels": config.max_image_pixels, "max_frames": config.max_frames}
         try:
-            return decode_image(bytes(image), **limits, timeout_s=config.decode_timeout_s).image
+            return decode_image(bytes(image), **limits, timeout_s=config.decode_timeout_s, reduce_for=reduce_for).image
         except DecodeError as exc:
             raise InvalidInput(f"query image: {exc}") from None
     if not isinstance(image, Image.Image):
@@ -79,7 +80,7 @@ def query_image(image: Image.Image | bytes, config: EngineConfig) -> Image.Image
 def query_pixels(encoder: Encoder, image: Image.Image | bytes, config: EngineConfig) -> torch.Tensor:
     """(3, S, S) retrieval pixels of a query image (see `query_image`); a caller that batches the encoding with other
     queries' passes them to `encode_query_pixels` together."""
-    return encoder.preprocess_image(query_image(image, config))
+    return encoder.preprocess_image(query_image(image, config, config.jpeg_reduce_for(encoder)))
 
 
 def encode_query_pixels(encoder: Encoder, pixels: list[torch.Tensor]) -> np.ndarray:

@@ -270,10 +270,13 @@ def reduced_copy(data: bytes) -> bytes:
 
     from PIL import Image, ImageOps
 
+    from internvl_models.transforms import reduce_jpeg_decode
+
     with Image.open(io.BytesIO(data)) as image:
         image.seek(0)
         if max(image.size) <= THUMBNAIL_SIDE:
             return data
+        reduce_jpeg_decode(image, THUMBNAIL_SIDE)
         small = ImageOps.exif_transpose(image).convert("RGB")
     small.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
     out = io.BytesIO()

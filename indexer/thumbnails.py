@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from PIL import Image, ImageOps
 
 from indexer.errors import InvalidInput
+from internvl_models.transforms import reduce_jpeg_decode
 
 if TYPE_CHECKING:
     from indexer.engine import Engine
@@ -28,6 +29,8 @@ def thumbnail_path(engine: Engine, collection: str, image_id: int, size: int = 2
     original = engine.image_path(collection, image_id)
     with Image.open(original) as image:
         image.seek(0)
+        # The transpose decodes the image, too early for thumbnail()'s own reduced JPEG decode: ask for it here.
+        reduce_jpeg_decode(image, size)
         thumb = ImageOps.exif_transpose(image).convert("RGB")
         thumb.thumbnail((size, size))
     cache.parent.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ from indexer.search import Hit, query_image
 
 if TYPE_CHECKING:
     from indexer.engine import Engine
+    from internvl_models import Encoder
 
 
 def collapse_duplicates(hits: list[Hit], tolerance: float = 1e-4) -> list[Hit]:
@@ -77,6 +78,7 @@ def download(engine: Engine, url: str) -> bytes:
         downloader.close()
 
 
-def decode_query_image(engine: Engine, data: bytes) -> Image.Image:
-    """8-bit RGB image from bytes, refused (InvalidInput) when it is not an image or exceeds the engine's limits."""
-    return query_image(data, engine.config)
+def decode_query_image(engine: Engine, data: bytes, encoder: Encoder | None = None) -> Image.Image:
+    """8-bit RGB image from bytes, refused (InvalidInput) when it is not an image or exceeds the engine's limits;
+    decoded for `encoder`'s input size where the engine's config allows (None: every pixel, e.g. for a chat model)."""
+    return query_image(data, engine.config, engine.config.jpeg_reduce_for(encoder) if encoder else None)

@@ -9,8 +9,10 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import numpy as np
 import sentencepiece as spm
 import torch
+from PIL import Image
 
 from internvl_models.checkpoint import save_internvl
 from internvl_models.config import InternViTConfig, InternVLConfig, QLLaMAConfig
@@ -81,3 +83,19 @@ def make_tiny_internvl_checkpoint(directory: Path, seed: int = 0) -> Path:
     model.qllama.lm_head.weight.data.copy_(model.qllama.model.embed_tokens.weight.data)
     save_internvl(model, config, directory)
     return directory
+
+
+def photo_jpeg(size: tuple[int, int], seed: int = 0, orientation: int | None = None) -> bytes:
+    """A photo-like JPEG: smooth shading, edges and fine noise."""
+    w, h = size
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = 120 + 80 * np.sin(x / (w / 7)) * np.cos(y / (h / 5))
+    pixels = np.stack([base, base[::-1], 255 - base], axis=-1) + rng.normal(0, 10, (h, w, 3))
+    pixels[h // 3 : h // 2, w // 4 : w // 2] = (250, 30, 30)  # a hard-edged block
+    out = io.BytesIO()
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(out, "JPEG", quality=90, exif=exif)
+    return out.getvalue()

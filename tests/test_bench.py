@@ -144,3 +144,17 @@ def test_a_load_spread_over_client_processes_is_summarised_as_one() -> None:
     assert report["errors"] == {"ReadError": 3, "503": 1}
     with pytest.raises(RuntimeError, match="no request was answered"):
         summary([{"times": [], "in_route": [], "errors": {"503": 4}, "wall": 1.0}])
+
+
+def test_ingest_benchmark_sets_reduced_jpeg_decoding_against_a_full_decode(capsys: pytest.CaptureFixture) -> None:
+    from bench.ingest import main as ingest
+
+    ingest(["--encoder", "internvl-c", "--images", "4", "--batch", "2", "--seconds", "0.1", "--size", "900x700",
+            "--json"])  # fmt: skip
+    report = json.loads(capsys.readouterr().out)
+    assert report["job_decode"] == "reduced JPEGs" and report["end_to_end_images_per_s"] > 0
+    assert report["decode_preprocess_images_per_s_one_thread"] > 0 and report["same_full_decode"] > 0
+    assert report["reduced_vs_full_decode"] > 0
+    from bench.summary import SUMMARIES
+
+    assert "decode + preprocess, one thread" in [row[0] for row in SUMMARIES["ingest"](report)]

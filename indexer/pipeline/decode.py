@@ -5,6 +5,9 @@ formats outside `IMAGE_FORMATS` (recognised from the content, never from a file 
 declaring more than `max_pixels` (refused from the header, before any pixel is decoded), animations with more than
 `max_frames` frames (only the first frame is used), truncated or corrupt data, modes `to_rgb` cannot convert, and
 decodes running past `timeout_s`. Pillow and torch release the GIL while decoding and resizing, so threads scale.
+
+A caller that only needs the image at a model's input size passes it as `reduce_for`: a large JPEG then decodes
+at a fraction of its size (`internvl_models.transforms.reduce_jpeg_decode`); width and height stay the original's.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from PIL import Image, UnidentifiedImageError
 from indexer.pipeline.flow import Prepared, Settled, StageClock
 from indexer.pipeline.paths import SourceError
 from internvl_models.errors import InputError
-from internvl_models.transforms import to_rgb
+from internvl_models.transforms import reduce_jpeg_decode, to_rgb
 
 log = logging.getLogger("internvl_search.pipeline")
 
@@ -39,8 +42,8 @@ class DecodeError(Exception):
 
 @dataclass(frozen=True)
 class DecodedImage:
-    image: Image.Image  # 8-bit RGB, EXIF orientation applied
-    width: int
+    image: Image.Image  # 8-bit RGB, EXIF orientation applied; possibly reduced (`reduce_for`)
+    width: int  # of the original, upright
     height: int
     format: str | None
     frames: int
@@ -67,14 +70,22 @@ class _DeadlineReader(io.BytesIO):
         return super().read(size)
 
 
-def decode_image(data: bytes, *, max_pixels: int, max_frames: int, timeout_s: float = DECODE_TIMEOUT_S) -> DecodedImage:
-    """Decode the first frame of `data`; `DecodeError` with a clear reason for anything unusable."""
+def decode_image(
+    data: bytes,
+    *,
+    max_pixels: int,
+    max_frames: int,
+    timeout_s: float = DECODE_TIMEOUT_S,
+    reduce_for: int | None = None,
+) -> DecodedImage:
+    """Decode the first frame of `data`; `DecodeError` with a clear reason for anything unusable. `reduce_for`: the
+    size of the model input the image is for, which lets a JPEG decode reduced (see above); None: every pixel."""
     if not data:
         raise DecodeError("empty file (0 bytes)")
     start = time.monotonic()
     source = _DeadlineReader(data, start + timeout_s)
     try:
-        decoded = _decode(source, max_pixels=max_pixels, max_frames=max_frames)
+        decoded = _decode(source, max_pixels=max_pixels, max_frames=max_frames, reduce_for=reduce_for)
     except _DecodeTimeout:
         decoded = None
     if decoded is None or time.monotonic() - start > timeout_s:
@@ -82,7 +93,7 @@ def decode_image(data: bytes, *, max_pixels: int, max_frames: int, timeout_s: fl
     return decoded
 
 
-def _decode(source: io.BytesIO, *, max_pixels: int, max_frames: int) -> DecodedImage:
+def _decode(source: io.BytesIO, *, max_pixels: int, max_frames: int, reduce_for: int | None) -> DecodedImage:
     try:
         image = Image.open(source, formats=IMAGE_FORMATS)
     except _DecodeTimeout:
@@ -111,6 +122,7 @@ def _decode(source: io.BytesIO, *, max_pixels: int, max_frames: int) -> DecodedI
         raise DecodeError(f"corrupt animation: {type(exc).__name__}: {exc}") from None
     if frames > max_frames:
         raise DecodeError(f"animation has more than {max_frames:,} frames, the limit")
+    original_size = reduce_jpeg_decode(image, reduce_for) if reduce_for is not None else None
     try:
         rgb = to_rgb(image)
     except _DecodeTimeout:
@@ -119,7 +131,8 @@ def _decode(source: io.BytesIO, *, max_pixels: int, max_frames: int) -> DecodedI
         raise DecodeError(f"truncated or corrupt image data: {exc}".replace("cannot decode image: ", "")) from None
     except Exception as exc:
         raise DecodeError(f"cannot decode image: {type(exc).__name__}: {exc}") from None
-    return DecodedImage(rgb, rgb.width, rgb.height, image.format, frames)
+    width, height = original_size or rgb.size
+    return DecodedImage(rgb, width, height, image.format, frames)
 
 
 def _count_frames(image: Image.Image, max_frames: int) -> int:
@@ -150,10 +163,11 @@ class ItemPreparer:
         max_frames: int,
         clock: StageClock,
         timeout_s: float = DECODE_TIMEOUT_S,
+        reduce_for: int | None = None,
     ) -> None:
         self.fetch, self.find_indexed, self.preprocess = fetch, find_indexed, preprocess
         self.keep_original, self.max_pixels, self.max_frames, self.clock = keep_original, max_pixels, max_frames, clock
-        self.timeout_s = timeout_s
+        self.timeout_s, self.reduce_for = timeout_s, reduce_for
 
     def __call__(self, position: int, spec: Any) -> Prepared | Settled:
         """The item ready to embed, or its settled outcome. Errors of the item itself (unreadable, not an image)
@@ -175,8 +189,9 @@ class ItemPreparer:
         start = time.perf_counter()
         try:
             decoded = decode_image(
-                data, max_pixels=self.max_pixels, max_frames=self.max_frames, timeout_s=self.timeout_s
-            )
+                data, max_pixels=self.max_pixels, max_frames=self.max_frames, timeout_s=self.timeout_s,
+                reduce_for=self.reduce_for,
+            )  # fmt: skip
             pixels = self.preprocess(decoded.image)
         except DecodeError as exc:
             return Settled(position, "failed", str(exc))

@@ -61,6 +61,7 @@ def run_pipeline(run: PipelineRun) -> tuple[StageClock, bool]:
         max_frames=config.max_frames,
         clock=clock,
         timeout_s=config.decode_timeout_s,
+        reduce_for=config.jpeg_reduce_for(run.encoder),
     )
     writer = BatchWriter(run.sessions, run.live, run.live.embeddings(), run.job_id, clock)
     batch, workers = config.image_batch_size, config.decode_workers

@@ -1,4 +1,4 @@
-"""Ingestion settings (URL policy and timeouts, decode workers) travel from INTERNVL_SEARCH_* into the engine."""
+"""Ingestion settings (URL policy and timeouts, decode workers and mode) travel from INTERNVL_SEARCH_* into the engine."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ PASSED_THROUGH = (
     "url_total_timeout_s",
     "url_max_redirects",
     "decode_workers",
+    "reduce_jpeg_decode",
 )
 
 
@@ -41,6 +42,7 @@ def test_environment_reaches_the_engine(clean_env: pytest.MonkeyPatch, tmp_path:
     clean_env.setenv("INTERNVL_SEARCH_URL_TOTAL_TIMEOUT_S", "7")
     clean_env.setenv("INTERNVL_SEARCH_URL_MAX_REDIRECTS", "0")
     clean_env.setenv("INTERNVL_SEARCH_DECODE_WORKERS", "3")
+    clean_env.setenv("INTERNVL_SEARCH_REDUCE_JPEG_DECODE", "false")
     image = image_bytes("green", seed=4)
     with http_server({"/a.png": send_bytes(image)}) as base:
         with _engine(load_settings()) as engine:
@@ -51,6 +53,7 @@ def test_environment_reaches_the_engine(clean_env: pytest.MonkeyPatch, tmp_path:
                 7.0,
             )
             assert (config.url_max_redirects, config.decode_workers, config.allow_private_urls) == (0, 3, False)
+            assert config.reduce_jpeg_decode is False
             # The default refuses the loopback server (SSRF protection) ...
             with pytest.raises(InvalidInput, match="private URLs are disabled"):
                 download(engine, f"{base}/a.png")

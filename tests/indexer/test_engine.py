@@ -235,3 +235,32 @@ def test_two_engines_share_a_data_directory(tmp_path: Path, catalog_url: str) ->
             assert len(b.search("c", text="x", k=10)) == 5
         _consistent(a, "c")
         _consistent(b, "c")
+
+
+@pytest.mark.parametrize("reduce", [True, False])
+def test_large_jpegs_are_decoded_for_the_encoder_input(tmp_path: Path, reduce: bool) -> None:
+    """With `reduce_jpeg_decode` (the default) a large JPEG is embedded from a reduced decode, by ingestion and by an
+    image query alike, while the catalog keeps its real size; turned off, from every pixel."""
+    from factories import photo_jpeg
+    from PIL import Image
+
+    from indexer.pipeline.decode import decode_image
+
+    data = photo_jpeg((1200, 900), seed=5, orientation=6)
+    url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    with Engine(engine_config(tmp_path, url, reduce_jpeg_decode=reduce), cached_encoder_factory).open() as engine:
+        engine.create_collection("photos")
+        engine.run_job(engine.submit("photos", [IngestItem.upload(data, "big.jpg")]))
+        encoder = engine.collection_encoder("photos")
+        limits = {"max_pixels": 10**8, "max_frames": 1}
+        reduced = decode_image(data, **limits, reduce_for=encoder.info.image_size).image
+        assert max(reduced.size) < 1200 / 2  # the tiny encoder's 56 px input: decoded at 1/4
+        expected, other = encoder.encode_images([reduced, decode_image(data, **limits).image])
+        if not reduce:
+            expected, other = other, expected
+        assert float(expected @ other) < 1 - 1e-5  # the two decodes give vectors this test tells apart
+        ((hit,),) = engine.search_vectors("photos", expected[None], [NearestQuery(k=1)])
+        assert hit.score == pytest.approx(1.0, abs=1e-6) and (hit.width, hit.height) == (900, 1200)
+        (by_image,) = engine.search("photos", image=data, k=1)  # the query decodes as ingestion did
+        assert by_image.score == pytest.approx(1.0, abs=1e-6)
+        assert Image.open(engine.image_path("photos", hit.id)).size == (1200, 900)  # the original, untouched

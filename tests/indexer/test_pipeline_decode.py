@@ -98,3 +98,15 @@ def test_ordered_map_keeps_order_bounds_the_window_and_counts_waiting() -> None:
     out = list(ordered_map(slow_square, ((i,) for i in range(30)), workers=3, window=4, clock=clock))
     assert out == [i * i for i in range(30)]
     assert peak[0] <= 4 and clock.wait_s > 0
+
+
+def test_reduce_for_decodes_a_large_jpeg_reduced_and_keeps_the_original_size() -> None:
+    from factories import photo_jpeg
+
+    data = photo_jpeg((1600, 1000), orientation=6)  # upright 1000 x 1600
+    full = decode_image(data, **LIMITS)
+    reduced = decode_image(data, **LIMITS, reduce_for=100)
+    assert (full.width, full.height) == (reduced.width, reduced.height) == (1000, 1600)
+    assert full.image.size == (1000, 1600) and reduced.image.size == (250, 400)  # 1/4, upright
+    png = image_bytes(size=(1600, 1000))
+    assert decode_image(png, **LIMITS, reduce_for=100).image.size == (1600, 1000)
