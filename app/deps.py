@@ -132,7 +132,8 @@ class Searcher:
         if req.k > self.settings.max_k:
             raise InvalidInput(f"k must be at most {self.settings.max_k}, got {req.k}")
         spent: list[float] = []  # seconds of engine work, where it ran (sent as Server-Timing)
-        if self.batching:
+        by_indexed_image = req.image_id is not None and upload is None  # its vector is in the index: nothing to batch
+        if self.batching and not by_indexed_image:
             want = NearestQuery(req.k, req.offset, req.filter, req.min_score, req.image_id)  # refused here if invalid
             hits = await self._batched_search(req, want, upload, spent)
         else:  # Engine.search_encoded encodes again itself when the collection switches encoders meanwhile
@@ -253,6 +254,8 @@ class Searcher:
         return await anyio.to_thread.run_sync(timed, limiter=self._limiter)
 
     def _image_query(self, encoder: Encoder, req: schemas.SearchRequest, upload: bytes | None):  # noqa: ANN202
+        if upload is None and req.image_id is not None:
+            return self.engine.indexed_vector(req.collection, req.image_id, encoder)
         return image_query_vector(encoder, self._query_image_bytes(req, upload), self.engine.config)
 
     def _query_pixels(self, encoder: Encoder, req: schemas.SearchRequest, upload: bytes | None):  # noqa: ANN202

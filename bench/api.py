@@ -3,7 +3,8 @@ clients, with cross-request micro-batching on and off, against the same searches
 and a trivial FastAPI route (GET returning a constant JSON object) served the same way: the server overhead of
 /v1/search (its HTTP p50 at one client minus the in-process p50) is stated as a multiple of that route's p50. The
 one-client figures behind that ratio are measured in interleaved turns (`overhead`). `repeated_text_next_page`: a
-text's second page against a new text's first, in-process (the text-vector cache at work). Image queries (base64 PNGs,
+text's second page against a new text's first, in-process (the text-vector cache at work); `more_like_this`: a
+search by an indexed image's id against one by its bytes, in-process (the vector read from the index). Image queries (base64 PNGs,
 decoded by the server) are also sent at 1, 8 and 32 clients, batching on and off.
 
     python -m bench.api                                   # tiny random InternVL checkpoint, 200 images
@@ -145,6 +146,26 @@ def next_pages(engine: Engine, n: int) -> dict[str, float]:
     p50_first, p50_next = statistics.median(first), statistics.median(second)
     return {"first_page_p50_ms": round(p50_first, 2), "next_page_p50_ms": round(p50_next, 2),
             "speedup": round(p50_first / p50_next, 2)}  # fmt: skip
+
+
+def indexed_image_queries(engine: Engine, n: int) -> dict[str, float]:
+    """p50 ms in-process of "more like this" (a search by an indexed image's id, whose vector the index holds)
+    against a search by the same image's bytes (decode + preprocess + forward pass: what a search by id cost before
+    it read the index), alternating over the collection's first ingested images, after a warm-up."""
+    hits = engine.search("bench", text="warm-up", k=min(n, 50))
+    ids = [h.id for h in hits if h.source.startswith("upload:")] or [h.id for h in hits]
+    by_id, by_bytes = [], []
+    for i in range(-3, n):
+        image_id = ids[i % len(ids)]
+        data = engine.image_path("bench", image_id).read_bytes()  # read outside the clock: the bytes of a request
+        for times, query in ((by_id, {"image_id": image_id}), (by_bytes, {"image": data})):
+            start = time.perf_counter()
+            engine.search("bench", k=10, **query)
+            if i >= 0:
+                times.append((time.perf_counter() - start) * 1e3)
+    p50_id, p50_bytes = statistics.median(by_id), statistics.median(by_bytes)
+    return {"by_id_p50_ms": round(p50_id, 2), "by_image_bytes_p50_ms": round(p50_bytes, 2),
+            "speedup": round(p50_bytes / p50_id, 2)}  # fmt: skip
 
 
 def summary(times: list[float]) -> dict[str, float]:
@@ -317,6 +338,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                 ):
                     one_caller = overhead(engine, client, search_base, trivial_base, args.requests)
                     pages = next_pages(engine, args.requests)
+                    more_like_this = indexed_image_queries(engine, args.requests)
                     lone = lone_query(client, batched_base, search_base, args.requests)
                 http, images = under_load(client, settings, engine, args.requests)
         finally:
@@ -333,6 +355,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         **one_caller,
         "lone_query_p50_ms": lone,
         "repeated_text_next_page": pages,
+        "more_like_this": more_like_this,
         "http": http,
         "http_image_queries": images,
         "image_batching_gain_rps": {

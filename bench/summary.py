@@ -100,6 +100,9 @@ def api(r: dict) -> list[Row]:
     if "trivial_async_route" in r:
         vs = r["overhead_vs_trivial_async_route"]
         rows.append(("trivial async route p50", f"{r['trivial_async_route']['p50_ms']} ms", f"overhead {_f(vs['from_in_process'])}x it; outside the engine {_f(vs['outside_engine'])}x"))  # fmt: skip
+    if "more_like_this" in r:
+        m = r["more_like_this"]
+        rows.append(("search by an indexed image's id p50", f"{m['by_id_p50_ms']} ms", f"by its bytes {m['by_image_bytes_p50_ms']} ms ({_f(m['speedup'])}x)"))  # fmt: skip
     if "http_minus_engine_time" in r:
         rows.append(("... outside the engine work (Server-Timing)", f"{r['http_minus_engine_time']['p50_ms']} ms", f"{_f(r['overhead_vs_trivial_route_outside_engine'])}x the trivial route; engine p50 {r['engine_time_in_the_server']['p50_ms']} ms in the server"))  # fmt: skip
     for mode in ("batching_on", "batching_off"):

@@ -367,8 +367,7 @@ class Engine(job_api.JobControl, model_switch.EncoderSwitching):
                 return self.text_vectors.encode(encoder, [text])
             if image is not None:
                 return image_query_vector(encoder, image, self.config)
-            path = self.image_path(collection, image_id)
-            return image_query_vector(encoder, path.read_bytes(), self.config)
+            return self.indexed_vector(collection, int(image_id), encoder)
 
         return self.search_encoded(
             collection, encode, k=k, filter=filter, min_score=min_score, offset=offset, exclude=image_id
@@ -400,6 +399,17 @@ class Engine(job_api.JobControl, model_switch.EncoderSwitching):
                 retries -= 1
                 if not retries:
                     raise
+
+    def indexed_vector(self, collection: str, image_id: int, encoder: Encoder) -> np.ndarray:
+        """(1, dim) query vector of an image of `collection`: the vector its index holds when `encoder` is the one
+        the index serves (no read, decode or forward pass, and no stored original needed), else its stored original
+        encoded by `encoder` (an image not indexed yet; NotFound when it is not in the collection)."""
+        space, store = self._fresh(collection).serving()
+        if space.fingerprint == encoder.fingerprint:
+            vector = store.vector(image_id)
+            if vector is not None:
+                return vector[None]
+        return image_query_vector(encoder, self.image_path(collection, image_id).read_bytes(), self.config)
 
     def collection_encoder(self, collection: str) -> Encoder:
         """The encoder whose space the collection's vectors live in (Conflict when its weights changed)."""

@@ -5,6 +5,7 @@ speed is measured by the benchmarks, never asserted by tests.)"""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -158,3 +159,18 @@ def test_ingest_benchmark_sets_reduced_jpeg_decoding_against_a_full_decode(capsy
     from bench.summary import SUMMARIES
 
     assert "decode + preprocess, one thread" in [row[0] for row in SUMMARIES["ingest"](report)]
+
+
+def test_api_benchmark_sets_a_search_by_id_against_one_by_the_images_bytes(tmp_path: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).parent / "indexer"))
+    from hostile import cached_encoder_factory, engine_config, image_bytes
+
+    from bench.api import indexed_image_queries
+    from indexer import Engine, IngestItem
+
+    with Engine(engine_config(tmp_path, f"sqlite:///{tmp_path / 'c.db'}"), cached_encoder_factory).open() as engine:
+        engine.create_collection("bench")
+        items = [IngestItem.upload(image_bytes("red", (40, 30), seed=i), f"img{i}.png") for i in range(5)]
+        engine.run_job(engine.submit("bench", items))
+        figures = indexed_image_queries(engine, 6)
+    assert figures["by_id_p50_ms"] > 0 and figures["by_image_bytes_p50_ms"] > 0 and figures["speedup"] > 0

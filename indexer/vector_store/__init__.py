@@ -88,6 +88,11 @@ class VectorStore(Protocol):
         """Top k per query; with `allowed_ids`, only those ids, still k of them when at least k exist."""
         ...
 
+    def vector(self, id_: int) -> np.ndarray | None:
+        """The (dim,) float32 vector held for `id_` as the store keeps it (exact, or IVF-PQ's re-rank copy), or None
+        when it holds none."""
+        ...
+
     def save(self, path: str | os.PathLike[str]) -> None:
         """Persist atomically to one file."""
         ...

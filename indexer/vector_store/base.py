@@ -301,6 +301,13 @@ class FaissStore:
             selector = self._selector(candidates if allowed_ids is not None else None)
             return self._search_with_escalation(queries, k, selector, candidates, selectivity)
 
+    def vector(self, id_: int) -> np.ndarray | None:
+        ids = np.array([id_], dtype=np.int64)
+        with self._lock.read():
+            if not sorted_contains(self._ids, ids)[0]:  # never added, removed (tombstones included)
+                return None
+            return np.array(self._reconstruct(ids)[0], dtype=np.float32)
+
     def _brute_force_pays(self, n_allowed: int, k: int, selectivity: float) -> bool:
         """Whether to score the allowed vectors directly rather than search the index with a selector."""
         if not self.can_reconstruct:

@@ -222,6 +222,10 @@ class ShardedStore:
         )
         return merged
 
+    def vector(self, id_: int) -> np.ndarray | None:
+        with self._lock.read():
+            return self._shards[int(shard_of(np.array([id_]), self.shards)[0])].vector(id_)
+
     # --- shards -----------------------------------------------------------------------------------------------------
 
     def _split(self, ids: np.ndarray) -> list[np.ndarray]:

@@ -78,6 +78,16 @@ def test_text_image_and_id_queries(client: TestClient, corpus: str) -> None:
     assert search(client, collection=corpus, text="red", k=8, collapse_duplicates=True)["results"]
 
 
+def test_an_indexed_image_is_a_query_without_its_original(client: TestClient) -> None:
+    """Its vector comes from the index, so a collection that keeps no originals serves "more like this" too."""
+    assert client.post("/v1/collections", json={"name": "bare", "storage": "none"}).status_code == 201
+    upload(client, "bare", 6)
+    first = search(client, collection="bare", text="red", k=1)["results"][0]
+    assert client.get(f"/v1/images/{first['id']}/content?collection=bare").status_code == 404  # nothing stored
+    similar = search(client, collection="bare", image_id=first["id"], k=5)["results"]
+    assert len(similar) == 5 and first["id"] not in {hit["id"] for hit in similar}
+
+
 def server_timing(response) -> dict[str, float]:  # noqa: ANN001 - httpx.Response
     """{"engine": ms, "total": ms} from a Server-Timing header."""
     parts = (part.strip().split(";dur=") for part in response.headers["server-timing"].split(","))

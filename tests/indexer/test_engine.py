@@ -264,3 +264,22 @@ def test_large_jpegs_are_decoded_for_the_encoder_input(tmp_path: Path, reduce: b
         (by_image,) = engine.search("photos", image=data, k=1)  # the query decodes as ingestion did
         assert by_image.score == pytest.approx(1.0, abs=1e-6)
         assert Image.open(engine.image_path("photos", hit.id)).size == (1200, 900)  # the original, untouched
+
+
+def test_a_search_by_an_indexed_image_uses_the_vector_its_index_holds(tmp_path: Path, catalog_url: str) -> None:
+    """No stored original is needed (storage "none") and none is decoded: the hits of a search by the image's
+    own bytes, itself excluded."""
+    photos = write_images(tmp_path / "photos", 8)
+    with Engine(engine_config(tmp_path, catalog_url), cached_encoder_factory).open() as engine:
+        engine.create_collection("bare", storage="none")
+        engine.run_job(engine.submit("bare", [IngestItem.path(p) for p in photos]))
+        by_bytes = engine.search("bare", image=photos[3].read_bytes(), k=8)
+        top = by_bytes[0]
+        assert top.source == str(photos[3].resolve())
+        with pytest.raises(NotFound, match="not stored"):
+            engine.image_path("bare", top.id)
+        by_id = engine.search("bare", image_id=top.id, k=7)
+        assert [(h.id, pytest.approx(h.score, abs=1e-5)) for h in by_bytes[1:]] == [(h.id, h.score) for h in by_id]
+        engine.delete_images("bare", [top.id])
+        with pytest.raises(NotFound):
+            engine.search("bare", image_id=top.id, k=3)

@@ -115,6 +115,9 @@ def test_add_and_remove(kind: str) -> None:
     gone = ids[::2]
     assert store.remove(np.concatenate([gone, [10**12]])) == len(gone)
     assert len(store) == 1_500 and np.array_equal(store.ids(), ids[1::2])
+    # vector(): what the store holds for a live id (exact, or IVF-PQ's float16 copy), None for any other.
+    assert float(store.vector(int(ids[1])) @ x[1]) == pytest.approx(1.0, abs=1e-3)
+    assert store.vector(int(ids[0])) is None and store.vector(10**12) is None  # removed (an HNSW tombstone), unknown
     result = store.search(q, K)
     assert not np.isin(result.ids, gone).any() and (result.ids >= 0).all()
     filtered = store.search(q, K, set(ids[:200].tolist()))  # a Python set; half of these are removed

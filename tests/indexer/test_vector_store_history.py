@@ -1,6 +1,7 @@
 """Random histories of adds, removals, re-adds with new vectors and save/load round trips, for every kind that
 takes ids back (and sharded and on-disk stores): after every step the store holds exactly the ids a set says, every
-held id is found by its current vector with its exact score, and no removed id comes back.
+held id is found by its current vector with its exact score and `vector(id)` hands that vector back, and no removed
+id comes back.
 
 Faults of this shape were real: faiss's fast-scan lists merged the codes of vectors added after a removal with the
 removed ones' (fast_scan.py); the IVF-PQ re-rank copy keeps removed rows until they are many (COPY_STALE_SHARE),
@@ -84,3 +85,7 @@ def _check(
         hits = found.ids[row].tolist()
         assert wanted in hits, (store.kind, wanted)
         assert found.scores[row][hits.index(wanted)] == pytest.approx(1.0, abs=tolerance)
+    for wanted in probe[:20].tolist():
+        assert float(store.vector(wanted) @ current[wanted]) == pytest.approx(1.0, abs=tolerance)
+    for gone in list(removed)[:20]:
+        assert store.vector(gone) is None
