@@ -118,6 +118,26 @@ def test_altered_shard_is_reported(tmp_path: Path) -> None:
         store.load_all()
 
 
+@pytest.mark.parametrize("damage", ["short data", "object array", "fortran order", "not npy"])
+def test_a_shard_that_matches_its_checksum_but_does_not_parse_is_reported(tmp_path: Path, damage: str) -> None:
+    """What only a faulty writer could leave (the checksum in the name holds): refused as corrupt, never a crash."""
+    import hashlib
+    import io
+
+    rows = np.zeros(4, dtype=[("id", "<i8"), ("vec", "<f2", (DIM,))])
+    buffer = io.BytesIO()
+    if damage == "object array":
+        np.save(buffer, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    elif damage == "fortran order":
+        np.save(buffer, np.asfortranarray(np.zeros((3, 2), dtype="<i8")))
+    else:
+        np.save(buffer, rows)
+    data = {"short data": buffer.getvalue()[:-7], "not npy": b"\x93NUMPY\x09\x00garbage"}.get(damage, buffer.getvalue())
+    (tmp_path / f"0000000001.add.{hashlib.sha256(data).hexdigest()[:32]}.npy").write_bytes(data)
+    with pytest.raises(CorruptData, match="cannot be parsed|expected"):
+        EmbeddingStore(tmp_path, DIM).load_all()
+
+
 def test_wrong_dimension_is_reported(tmp_path: Path) -> None:
     EmbeddingStore(tmp_path, DIM).append([1], unit_vectors(1))
     with pytest.raises(CorruptData, match="dimension 32"):
