@@ -4,7 +4,8 @@ and a trivial FastAPI route (GET returning a constant JSON object) served the sa
 /v1/search (its HTTP p50 at one client minus the in-process p50) is stated as a multiple of that route's p50. The
 one-client figures behind that ratio are measured in interleaved turns (`overhead`). `repeated_text_next_page`: a
 text's second page against a new text's first, in-process (the text-vector cache at work); `more_like_this`: a
-search by an indexed image's id against one by its bytes, in-process (the vector read from the index). Image queries (base64 PNGs,
+search by an indexed image's id against one by its bytes, in-process (the vector read from the index);
+`asgi_layer`: the app's HTTP layer alone, a stubbed /v1/search called as ASGI against the trivial route. Image queries (base64 PNGs,
 decoded by the server) are also sent at 1, 8 and 32 clients, batching on and off.
 
     python -m bench.api                                   # tiny random InternVL checkpoint, 200 images
@@ -28,6 +29,7 @@ service layer (parsing, validation, threads, JSON, loopback TCP) adds. The in-pr
 from __future__ import annotations
 
 import argparse
+import asyncio
 import io
 import json
 import multiprocessing
@@ -45,6 +47,7 @@ import numpy as np
 import uvicorn
 from PIL import Image
 
+from app import schemas
 from app.main import create_app
 from app.settings import load_settings
 from indexer import Engine, EngineConfig, IngestItem
@@ -218,6 +221,68 @@ def trivial_app():  # noqa: ANN201 - FastAPI
     return app
 
 
+def asgi_layer(settings, engine: Engine, calls: int) -> dict[str, float]:  # noqa: ANN001 - Settings
+    """Microseconds per request of the app's own HTTP layer, called as ASGI in this thread (no socket, no client):
+    POST /v1/search (middlewares, routing, body validation, API-key and other dependencies, the response's 10 hits
+    serialised) with the search itself answered by a constant, against the trivial app's `async def` GET. The
+    part of the overhead this project's code decides, free of loopback and scheduling noise."""
+    hits = [
+        schemas.Hit(id=i, score=0.5, source=f"upload:{i}.png", metadata={"n": i}, width=64, height=48, format="PNG",
+                    image_url=f"/v1/images/{i}/content?collection=bench",
+                    thumbnail_url=f"/v1/images/{i}/thumbnail?collection=bench")
+        for i in range(10)
+    ]  # fmt: skip
+
+    async def constant(req, upload=None):  # noqa: ANN001, ANN202 - Searcher.search's signature
+        return schemas.SearchResponse(collection=req.collection, results=hits, took_ms=1.0)
+
+    body = json.dumps({"collection": "bench", "text": "a red circle", "k": 10}).encode()
+
+    async def per_call_us(app, method: str, path: str, payload: bytes) -> float:  # noqa: ANN001 - ASGI app
+        headers = [
+            (b"host", b"bench"),
+            (b"content-type", b"application/json"),
+            (b"content-length", b"%d" % len(payload)),
+        ]
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
+                 "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "", "headers": headers,
+                 "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}  # fmt: skip
+        statuses: list[int] = []
+
+        async def send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+
+        async def call() -> None:
+            messages = [{"type": "http.request", "body": payload, "more_body": False}]
+            await app(scope, lambda: _next(messages), send)
+
+        for _ in range(max(10, calls // 10)):  # warm-up
+            await call()
+        start = time.perf_counter()
+        for _ in range(calls):
+            await call()
+        elapsed = time.perf_counter() - start
+        if set(statuses) != {200}:
+            raise RuntimeError(f"{path} answered {sorted(set(statuses))}")
+        return elapsed / calls * 1e6
+
+    async def measure() -> tuple[float, float]:
+        app = create_app(settings, engine=engine, batching=False)
+        async with app.router.lifespan_context(app):
+            app.state.searcher.search = constant
+            search_us = await per_call_us(app, "POST", "/v1/search", body)
+        return search_us, await per_call_us(trivial_app(), "GET", "/ping-async", b"")
+
+    search_us, trivial_us = asyncio.run(measure())
+    return {"search_us": round(search_us, 1), "trivial_async_route_us": round(trivial_us, 1),
+            "ratio": round(search_us / trivial_us, 2)}  # fmt: skip
+
+
+async def _next(messages: list[dict]) -> dict:
+    return messages.pop() if messages else {"type": "http.disconnect"}
+
+
 def overhead(
     engine: Engine, client: ProcessPoolExecutor, search_base: str, trivial_base: str, requests: int, turns: int = 6
 ) -> dict:
@@ -341,6 +406,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                     more_like_this = indexed_image_queries(engine, args.requests)
                     lone = lone_query(client, batched_base, search_base, args.requests)
                 http, images = under_load(client, settings, engine, args.requests)
+                asgi = asgi_layer(settings, engine, 10 * args.requests)
         finally:
             engine.close()
     return {
@@ -356,6 +422,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "lone_query_p50_ms": lone,
         "repeated_text_next_page": pages,
         "more_like_this": more_like_this,
+        "asgi_layer": asgi,
         "http": http,
         "http_image_queries": images,
         "image_batching_gain_rps": {

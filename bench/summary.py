@@ -100,6 +100,9 @@ def api(r: dict) -> list[Row]:
     if "trivial_async_route" in r:
         vs = r["overhead_vs_trivial_async_route"]
         rows.append(("trivial async route p50", f"{r['trivial_async_route']['p50_ms']} ms", f"overhead {_f(vs['from_in_process'])}x it; outside the engine {_f(vs['outside_engine'])}x"))  # fmt: skip
+    if "asgi_layer" in r:
+        a = r["asgi_layer"]
+        rows.append(("/v1/search HTTP layer alone (ASGI, stubbed search)", f"{a['search_us']} us", f"{_f(a['ratio'])}x the trivial async route's {a['trivial_async_route_us']} us"))  # fmt: skip
     if "more_like_this" in r:
         m = r["more_like_this"]
         rows.append(("search by an indexed image's id p50", f"{m['by_id_p50_ms']} ms", f"by its bytes {m['by_image_bytes_p50_ms']} ms ({_f(m['speedup'])}x)"))  # fmt: skip

@@ -161,11 +161,13 @@ def test_ingest_benchmark_sets_reduced_jpeg_decoding_against_a_full_decode(capsy
     assert "decode + preprocess, one thread" in [row[0] for row in SUMMARIES["ingest"](report)]
 
 
-def test_api_benchmark_sets_a_search_by_id_against_one_by_the_images_bytes(tmp_path: Path) -> None:
+def test_api_benchmark_in_process_figures(tmp_path: Path) -> None:
+    """A search by id against one by the image's bytes, and the HTTP layer alone called as ASGI."""
     sys.path.insert(0, str(Path(__file__).parent / "indexer"))
     from hostile import cached_encoder_factory, engine_config, image_bytes
 
-    from bench.api import indexed_image_queries
+    from app.settings import load_settings
+    from bench.api import asgi_layer, indexed_image_queries
     from indexer import Engine, IngestItem
 
     with Engine(engine_config(tmp_path, f"sqlite:///{tmp_path / 'c.db'}"), cached_encoder_factory).open() as engine:
@@ -173,4 +175,7 @@ def test_api_benchmark_sets_a_search_by_id_against_one_by_the_images_bytes(tmp_p
         items = [IngestItem.upload(image_bytes("red", (40, 30), seed=i), f"img{i}.png") for i in range(5)]
         engine.run_job(engine.submit("bench", items))
         figures = indexed_image_queries(engine, 6)
+        settings = load_settings(data_dir=tmp_path / "data", device="cpu")
+        layer = asgi_layer(settings, engine, 20)  # raises unless every call answered 200
     assert figures["by_id_p50_ms"] > 0 and figures["by_image_bytes_p50_ms"] > 0 and figures["speedup"] > 0
+    assert layer["search_us"] > 0 and layer["trivial_async_route_us"] > 0
