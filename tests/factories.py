@@ -1,4 +1,5 @@
-"""Builders of small real artefacts for tests: a tokenizer trained here and a random tiny InternVL checkpoint.
+"""Builders of small real artefacts for tests: a tokenizer trained here, a random tiny InternVL checkpoint and
+photo-like JPEGs of any size.
 
 Nothing here is a stand-in: the checkpoint is written in the official layout by the project's own saver and
 read back by the same loader that reads the real InternVL-14B-224px.
