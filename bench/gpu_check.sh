@@ -21,6 +21,9 @@
 #   openclip_text  open_clip ViT-B-32 text (random weights): texts cut to their real tokens vs padded to 77
 #                (needs open_clip on the machine)
 #   encode_14b_b128  images only at batch 128 (does MFU still rise past 64?)
+#   ingest_12mp  12 MP camera-sized JPEGs through 16 decode workers into a mid-size InternVL-C (224 px, fast enough
+#                on a GPU that decoding bounds the job): images/s end to end, and one worker's decode rate with the
+#                reduced JPEG decode against every pixel (can 16 cores feed InternVL-C's 134-176 images/s?)
 set -u
 cd "$(dirname "$0")/.."
 OUT_DIR=${1:-${OUT:-gpu-results}}
@@ -75,4 +78,6 @@ step chat_1b 90 "$PY" -m bench.chat --config 1b --device cuda --seconds 2
 step openclip_text 60 "$PY" -m bench.encode --openclip ViT-B-32 --device cuda --text-batch 128 --seconds 2 --json
 step encode_14b_b128 120 "$PY" -m bench.encode --config 14b --device cuda --image-batch 128 --text-batch 8 --seconds 2 \
     --json
+step ingest_12mp 180 "$PY" -m bench.ingest --random-internvl mid --device cuda --size 4032x3024 --images 128 --batch 64 \
+    --workers 16 --seconds 1 --json
 echo "total seconds=$(($(date +%s) - START))" | tee -a "$OUT_DIR/summary.txt"
