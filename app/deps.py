@@ -136,6 +136,8 @@ class Searcher:
         if self.batching and not by_indexed_image:
             want = NearestQuery(req.k, req.offset, req.filter, req.min_score, req.image_id)  # refused here if invalid
             hits = await self._batched_search(req, want, upload, spent)
+        elif by_indexed_image:
+            hits = await self._in_pool(self._search_by_indexed_image, req, spent=spent)
         else:  # Engine.search_encoded encodes again itself when the collection switches encoders meanwhile
             hits = await self._in_pool(self._search_now, req, upload, spent=spent)
         if req.collapse_duplicates:
@@ -146,6 +148,12 @@ class Searcher:
         )
         response._engine_ms = sum(spent) * 1000
         return response
+
+    def _search_by_indexed_image(self, req: schemas.SearchRequest) -> list:
+        return self.engine.search(
+            req.collection, image_id=req.image_id, k=req.k, filter=req.filter, min_score=req.min_score,
+            offset=req.offset,
+        )  # fmt: skip
 
     def _search_now(self, req: schemas.SearchRequest, upload: bytes | None) -> list:
         """The search in the calling thread: encode (text or image), then nearest, with one look at the catalog."""
@@ -254,8 +262,6 @@ class Searcher:
         return await anyio.to_thread.run_sync(timed, limiter=self._limiter)
 
     def _image_query(self, encoder: Encoder, req: schemas.SearchRequest, upload: bytes | None):  # noqa: ANN202
-        if upload is None and req.image_id is not None:
-            return self.engine.indexed_vector(req.collection, req.image_id, encoder)
         return image_query_vector(encoder, self._query_image_bytes(req, upload), self.engine.config)
 
     def _query_pixels(self, encoder: Encoder, req: schemas.SearchRequest, upload: bytes | None):  # noqa: ANN202

@@ -361,17 +361,35 @@ class Engine(job_api.JobControl, model_switch.EncoderSwitching):
     ) -> list[Hit]:
         """The k best images for a text (any language), an image, or an indexed image (itself excluded)."""
         check_query(text, image, image_id, k, offset)
+        if image_id is not None:
+            return self._search_by_indexed_image(
+                collection, int(image_id), NearestQuery(k, offset, filter, min_score, image_id)
+            )
 
         def encode(encoder: Encoder) -> np.ndarray:
             if text is not None:
                 return self.text_vectors.encode(encoder, [text])
-            if image is not None:
-                return image_query_vector(encoder, image, self.config)
-            return self.indexed_vector(collection, int(image_id), encoder)
+            return image_query_vector(encoder, image, self.config)
 
-        return self.search_encoded(
-            collection, encode, k=k, filter=filter, min_score=min_score, offset=offset, exclude=image_id
-        )
+        return self.search_encoded(collection, encode, k=k, filter=filter, min_score=min_score, offset=offset)
+
+    def _search_by_indexed_image(self, collection: str, image_id: int, want: NearestQuery) -> list[Hit]:
+        """With the vector the collection's index holds for the image as the query: no original is read or decoded
+        and no encoder loaded or run (a collection that keeps no originals answers too); an image not indexed yet
+        is encoded from its stored original (NotFound when it is not in the collection)."""
+        retries = SWITCH_RETRIES
+        while True:
+            live = self._fresh(collection)
+            space, store = live.serving()
+            vector = store.vector(image_id)
+            if vector is None:
+                return self._search_by_original(collection, image_id, want)
+            try:
+                return self._nearest_hits(live, vector[None], [want], space.fingerprint)[0]
+            except SpaceChanged:  # switched encoders between the two looks: the vector belongs to the old space
+                retries -= 1
+                if not retries:
+                    raise
 
     def search_encoded(
         self,
@@ -400,16 +418,12 @@ class Engine(job_api.JobControl, model_switch.EncoderSwitching):
                 if not retries:
                     raise
 
-    def indexed_vector(self, collection: str, image_id: int, encoder: Encoder) -> np.ndarray:
-        """(1, dim) query vector of an image of `collection`: the vector its index holds when `encoder` is the one
-        the index serves (no read, decode or forward pass, and no stored original needed), else its stored original
-        encoded by `encoder` (an image not indexed yet; NotFound when it is not in the collection)."""
-        space, store = self._fresh(collection).serving()
-        if space.fingerprint == encoder.fingerprint:
-            vector = store.vector(image_id)
-            if vector is not None:
-                return vector[None]
-        return image_query_vector(encoder, self.image_path(collection, image_id).read_bytes(), self.config)
+    def _search_by_original(self, collection: str, image_id: int, want: NearestQuery) -> list[Hit]:
+        original = self.image_path(collection, image_id).read_bytes()
+        return self.search_encoded(
+            collection, lambda encoder: image_query_vector(encoder, original, self.config), k=want.k,
+            filter=want.filter, min_score=want.min_score, offset=want.offset, exclude=image_id,
+        )  # fmt: skip
 
     def collection_encoder(self, collection: str) -> Encoder:
         """The encoder whose space the collection's vectors live in (Conflict when its weights changed)."""

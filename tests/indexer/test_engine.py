@@ -267,8 +267,8 @@ def test_large_jpegs_are_decoded_for_the_encoder_input(tmp_path: Path, reduce: b
 
 
 def test_a_search_by_an_indexed_image_uses_the_vector_its_index_holds(tmp_path: Path, catalog_url: str) -> None:
-    """No stored original is needed (storage "none") and none is decoded: the hits of a search by the image's
-    own bytes, itself excluded."""
+    """No stored original is needed (storage "none"), none is decoded and no encoder runs: the hits of a search by
+    the image's own bytes, itself excluded."""
     photos = write_images(tmp_path / "photos", 8)
     with Engine(engine_config(tmp_path, catalog_url), cached_encoder_factory).open() as engine:
         engine.create_collection("bare", storage="none")
@@ -278,7 +278,10 @@ def test_a_search_by_an_indexed_image_uses_the_vector_its_index_holds(tmp_path: 
         assert top.source == str(photos[3].resolve())
         with pytest.raises(NotFound, match="not stored"):
             engine.image_path("bare", top.id)
+        encoder_of = engine._collection_encoder
+        engine._collection_encoder = lambda live: pytest.fail("a search by id needs no encoder")
         by_id = engine.search("bare", image_id=top.id, k=7)
+        engine._collection_encoder = encoder_of
         assert [(h.id, pytest.approx(h.score, abs=1e-5)) for h in by_bytes[1:]] == [(h.id, h.score) for h in by_id]
         engine.delete_images("bare", [top.id])
         with pytest.raises(NotFound):
