@@ -132,12 +132,11 @@ class Searcher:
         if req.k > self.settings.max_k:
             raise InvalidInput(f"k must be at most {self.settings.max_k}, got {req.k}")
         spent: list[float] = []  # seconds of engine work, where it ran (sent as Server-Timing)
-        by_indexed_image = req.image_id is not None and upload is None  # its vector is in the index: nothing to batch
-        if self.batching and not by_indexed_image:
-            want = NearestQuery(req.k, req.offset, req.filter, req.min_score, req.image_id)  # refused here if invalid
-            hits = await self._batched_search(req, want, upload, spent)
-        elif by_indexed_image:
+        if req.image_id is not None and upload is None:  # its vector is in the index: nothing to encode or batch
             hits = await self._in_pool(self._search_by_indexed_image, req, spent=spent)
+        elif self.batching:
+            want = NearestQuery(req.k, req.offset, req.filter, req.min_score)  # refused here if invalid
+            hits = await self._batched_search(req, want, upload, spent)
         else:  # Engine.search_encoded encodes again itself when the collection switches encoders meanwhile
             hits = await self._in_pool(self._search_now, req, upload, spent=spent)
         if req.collapse_duplicates:
