@@ -37,6 +37,7 @@ from indexer.query_cache import TextVectorCache
 from indexer.refresh import IndexRefresher
 from indexer.search import Hit, NearestQuery, check_query, hydrate, image_query_vector, nearest
 from indexer.storage import remove_orphans
+from indexer.vector_store import VectorStore
 from internvl_models import CheckpointError, Encoder, create_encoder
 
 log = logging.getLogger("internvl_search.engine")
@@ -376,20 +377,14 @@ class Engine(job_api.JobControl, model_switch.EncoderSwitching):
     def _search_by_indexed_image(self, collection: str, image_id: int, want: NearestQuery) -> list[Hit]:
         """With the vector the collection's index holds for the image as the query: no original is read or decoded
         and no encoder loaded or run (a collection that keeps no originals answers too); an image not indexed yet
-        is encoded from its stored original (NotFound when it is not in the collection)."""
-        retries = SWITCH_RETRIES
-        while True:
-            live = self._fresh(collection)
-            space, store = live.serving()
-            vector = store.vector(image_id)
-            if vector is None:
-                return self._search_by_original(collection, image_id, want)
-            try:
-                return self._nearest_hits(live, vector[None], [want], space.fingerprint)[0]
-            except SpaceChanged:  # switched encoders between the two looks: the vector belongs to the old space
-                retries -= 1
-                if not retries:
-                    raise
+        is encoded from its stored original (NotFound when it is not in the collection). The vector and the search
+        come from one store, so an encoder switch meanwhile cannot put them in two spaces."""
+        live = self._fresh(collection)
+        _, store = live.serving()
+        vector = store.vector(image_id)
+        if vector is None:
+            return self._search_by_original(collection, image_id, want)
+        return self._hits_in(live, store, vector[None], [want])[0]
 
     def search_encoded(
         self,
@@ -453,6 +448,12 @@ class Engine(job_api.JobControl, model_switch.EncoderSwitching):
             )
         if queries.shape[1] != space.dim:
             raise InvalidInput(f"query vector has {queries.shape[1]} dimensions, the collection {space.dim}")
+        return self._hits_in(live, store, queries, wants)
+
+    def _hits_in(
+        self, live: LiveCollection, store: VectorStore, queries: np.ndarray, wants: Sequence[NearestQuery]
+    ) -> list[list[Hit]]:
+        """The hits of (n, dim) float32 `queries` in `store`, one of `live`'s, each as its `NearestQuery` asks."""
         with session_scope(self.sessions) as session:  # one connection for the filters' ids and the hits' rows
             allowed = [repo.ids_matching_filter(session, live.id, w.filter) if w.filter else None for w in wants]
             return hydrate(session, live.id, nearest(store, queries, wants, allowed))
