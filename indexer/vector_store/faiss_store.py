@@ -49,7 +49,7 @@ import numpy as np
 
 from indexer.errors import InvalidInput
 from indexer.vector_store.base import SELECTOR_COST, FaissStore, merge_disjoint, sorted_contains, top_k
-from indexer.vector_store.fast_scan import HINT_MAX_VALUES, is_fast_scan, remove_ids
+from indexer.vector_store.fast_scan import is_fast_scan, remove_ids
 
 # `auto`: exact search while a full scan is cheap; a graph while vectors fit in memory; compressed codes beyond.
 AUTO_FLAT_MAX = 50_000
@@ -401,8 +401,7 @@ class IVFPQStore(IVFFlatStore):
 
     def _remove_from_index(self, ids: np.ndarray) -> None:
         # Fast-scan lists: clearing the slots faiss leaves behind, in the lists the copy's rows point to (fast_scan.py).
-        hint = is_fast_scan(self._index) and len(ids) * self.dim <= HINT_MAX_VALUES
-        remove_ids(self._index, ids, self._reconstruct(ids) if hint else None)
+        remove_ids(self._index, ids, lambda: self._reconstruct(ids))
         stale = merge_disjoint(self._stale(), ids)
         if len(stale) * COPY_STALE_SHARE >= self._refine.ntotal:
             self._drop_stale_rows(stale)

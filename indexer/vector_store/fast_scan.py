@@ -18,6 +18,8 @@ end of every list are zeroed, which is idempotent. Assigning costs ~0.1 us per r
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import faiss
 import numpy as np
 
@@ -30,16 +32,17 @@ def is_fast_scan(index: faiss.Index | None) -> bool:
     return index is not None and isinstance(faiss.downcast_index(index), faiss.IndexIVFFastScan)
 
 
-def remove_ids(index: faiss.Index, ids: np.ndarray, vectors: np.ndarray | None = None) -> None:
+def remove_ids(index: faiss.Index, ids: np.ndarray, vectors: Callable[[], np.ndarray] | None = None) -> None:
     """Remove `ids` from an IVF index; from a fast-scan one, then zero the slots it freed in every shortened list.
-    `vectors`: the removed ids' vectors, or close copies, which tell the lists to look at (see above)."""
+    `vectors()`: the removed ids' vectors, or close copies, which tell the lists to look at (see above); called only
+    for a removal small enough to pay."""
     if not is_fast_scan(index):
         index.remove_ids(faiss.IDSelectorBatch(ids))
         return
-    if vectors is None or vectors.size > HINT_MAX_VALUES:
+    if vectors is None or len(ids) * index.d > HINT_MAX_VALUES:
         lists = np.arange(index.nlist)
     else:
-        _, assigned = index.quantizer.search(np.ascontiguousarray(vectors, dtype=np.float32), 1)
+        _, assigned = index.quantizer.search(np.ascontiguousarray(vectors(), dtype=np.float32), 1)
         lists = np.unique(assigned[assigned >= 0])
     before = _list_sizes(index, lists)
     removed = index.remove_ids(faiss.IDSelectorBatch(ids))

@@ -306,8 +306,8 @@ def test_vectors_added_after_removals_get_their_own_codes(
     if lists_from == "misleading vectors":
         from indexer.vector_store import faiss_store, fast_scan
 
-        def misled(index: faiss.Index, ids: np.ndarray, vectors: np.ndarray | None) -> None:
-            fast_scan.remove_ids(index, ids, None if vectors is None else -vectors)  # the farthest lists
+        def misled(index: faiss.Index, ids: np.ndarray, vectors) -> None:  # noqa: ANN001
+            fast_scan.remove_ids(index, ids, lambda: -vectors())  # the farthest lists
 
         monkeypatch.setattr(faiss_store, "remove_ids", misled)
     ids, x, q = data
