@@ -84,11 +84,8 @@ def reduce_jpeg_decode(image: Image.Image, size: int) -> tuple[int, int] | None:
         image.draft(None, (JPEG_REDUCE_MARGIN * size, JPEG_REDUCE_MARGIN * size))
     if image.size == (width, height):
         return None
-    try:
-        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)  # a JPEG's EXIF is in its header
-    except Exception:
-        orientation = 1  # `_upright` leaves an image with malformed EXIF as it is
-    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+    # Turned as `_upright` will turn it (a JPEG's EXIF is in its header: reading it decodes nothing).
+    return (height, width) if _orientation(image) in (5, 6, 7, 8) else (width, height)
 
 
 def retrieval_transform(
@@ -124,14 +121,21 @@ def _check_args(size: int, mean: Sequence[float], std: Sequence[float]) -> None:
 
 def _upright(image: Image.Image) -> Image.Image:
     """Applies the EXIF orientation tag; phone photos are stored sideways and rely on it."""
+    if _orientation(image) not in range(2, 9):
+        return image  # skip exif_transpose's copy for the usual upright image
     try:
-        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
-        if orientation not in range(2, 9):
-            return image  # skip exif_transpose's copy for the usual upright image
         return ImageOps.exif_transpose(image)
     except Exception:
-        # Malformed EXIF is common in the wild (Pillow raises many types for it); the pixels are still usable.
-        return image
+        return image  # malformed EXIF (see `_orientation`): the pixels are still usable
+
+
+def _orientation(image: Image.Image) -> object:
+    """The EXIF orientation tag (1..8 when valid), 1 when absent or unreadable: malformed EXIF is common in the wild
+    and Pillow raises many types for it."""
+    try:
+        return image.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:
+        return 1
 
 
 def _has_alpha(image: Image.Image) -> bool:
