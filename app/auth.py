@@ -10,7 +10,6 @@ route needs a key, sent as `Authorization: Bearer <key>` or `X-API-Key: <key>`. 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import math
 import time
@@ -22,13 +21,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import error_response
 from .ratelimit import RateLimiter
-from .settings import Settings
+from .settings import Settings, key_digest
 
 SCOPE_RANK = {"read": 0, "write": 1, "admin": 2}
-
-
-def key_digest(key: str) -> bytes:
-    return hashlib.sha256(key.encode()).digest()
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,7 @@ import sys
 
 import typer
 
-from .auth import key_digest
-from .settings import API_KEY_SCOPES
+from .settings import API_KEY_SCOPES, key_digest
 
 keys_cli = typer.Typer(help="Make API keys and their hashed configuration entries.", no_args_is_help=True)
 

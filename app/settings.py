@@ -6,6 +6,7 @@ arguments for the layers below (`indexer`, `internvl_models`), which never look 
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from collections.abc import Iterable
 from functools import lru_cache
@@ -17,6 +18,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "INTERNVL_SEARCH_"
 API_KEY_SCOPES = ("read", "write", "admin")
+
+
+def key_digest(key: str) -> bytes:
+    """The SHA-256 digest of an API key: what a `scope:sha256:<hex>` entry holds in place of the key."""
+    return hashlib.sha256(key.encode()).digest()
+
+
 _SECRET_FIELDS = {"api_keys", "database_url", "chat_api_key"}
 
 

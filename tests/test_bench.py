@@ -132,6 +132,17 @@ def test_embeddings_benchmark_refuses_bad_sizes(capsys: pytest.CaptureFixture, m
     assert exit_.value.code == 2 and "--rows" in capsys.readouterr().err
 
 
+def test_startup_benchmark_times_the_cli_against_importing_torch(capsys: pytest.CaptureFixture, monkeypatch) -> None:  # noqa: ANN001
+    from bench.startup import main as startup_main
+
+    monkeypatch.setattr("sys.argv", ["bench.startup", "--turns", "1"])
+    startup_main()
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["median_s"]) == {"python_alone", "import_torch", "help", "version", "config_show"}
+    assert all(seconds > 0 for seconds in report["median_s"].values())
+    assert set(report["vs_import_torch"]) == {"help", "version", "config_show"}
+
+
 def test_a_load_spread_over_client_processes_is_summarised_as_one() -> None:
     """bench.api's clients run in two processes; their samples are pooled: percentiles over every answer, requests/s
     over the longest part's wall time, failures added up."""
