@@ -138,9 +138,9 @@ def test_startup_benchmark_times_the_cli_against_importing_torch(capsys: pytest.
     monkeypatch.setattr("sys.argv", ["bench.startup", "--turns", "1"])
     startup_main()
     report = json.loads(capsys.readouterr().out)
-    assert set(report["median_s"]) == {"python_alone", "import_torch", "help", "version", "config_show"}
+    assert set(report["median_s"]) == {"python_alone", "import_torch", "help", "version", "config_show", "serve_ready"}
     assert all(seconds > 0 for seconds in report["median_s"].values())
-    assert set(report["vs_import_torch"]) == {"help", "version", "config_show"}
+    assert set(report["vs_import_torch"]) == {"help", "version", "config_show", "serve_ready"}
 
 
 def test_a_load_spread_over_client_processes_is_summarised_as_one() -> None:

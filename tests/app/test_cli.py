@@ -65,6 +65,14 @@ def test_commands_that_run_no_model_do_not_import_torch() -> None:
     assert run.stdout.split() == ["[0,", "0,", "0,", "0,", "0]", "[]"]
 
 
+def test_serving_does_not_import_torchvision() -> None:
+    # Our transforms are PIL + torch; torchvision's import (its models, ops and torch._dynamo) cost 2.9 s of 7.2.
+    code = "import sys, app.main; print('torchvision' in sys.modules, 'torch' in sys.modules)"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["False", "True"]
+
+
 def test_config_show_json(tmp_path: Path) -> None:
     result = run_cli("config", "show", "--json", env={"INTERNVL_SEARCH_DATA_DIR": str(tmp_path)})
     assert result.returncode == 0, result.stderr

@@ -213,10 +213,12 @@ def _torchvision(size: int, crop: bool, mean=IMAGENET_MEAN, std=IMAGENET_STD) ->
     return T.Compose([*resize, T.ToTensor(), T.Normalize(mean, std)])
 
 
-@pytest.mark.parametrize(("width", "height"), [(97, 61), (61, 97), (224, 224), (20, 30)])
+@pytest.mark.parametrize(
+    ("width", "height"), [(97, 61), (61, 97), (224, 224), (20, 30), (57, 56), (225, 224), (5, 300), (301, 7), (56, 89)]
+)
 def test_pipelines_equal_torchvision_exactly(width: int, height: int) -> None:
     image = _photo_like(width, height)
-    for size in (32, 56):
+    for size in (32, 56, 224):
         squashed = retrieval_transform(size)(image)
         cropped = classification_transform(size)(image)
         assert squashed.dtype == cropped.dtype == torch.float32
