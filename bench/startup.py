@@ -66,12 +66,13 @@ def serve_ready_time() -> float:
             server.wait(timeout=30)
 
 
-def measure(turns: int) -> dict[str, object]:
+def measure(turns: int, warm: int = 1) -> dict[str, object]:
     runs = {name: functools.partial(wall_time, command) for name, command in {**BASELINES, **COMMANDS}.items()}
     runs["serve_ready"] = serve_ready_time
     times: dict[str, list[float]] = {name: [] for name in runs}
-    for run in runs.values():  # warm the page cache: the first start reads every library from disk
-        run()
+    for _ in range(warm):  # warm the page cache: the first start reads every library from disk
+        for run in runs.values():
+            run()
     for _ in range(turns):
         for name, run in runs.items():
             times[name].append(run())
@@ -88,10 +89,11 @@ def measure(turns: int) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--turns", type=int, default=5, help="interleaved turns of every command (the median wins)")
+    parser.add_argument("--warm", type=int, default=1, help="untimed turns first (the page cache), default 1")
     args = parser.parse_args()
-    if args.turns < 1:
-        parser.error("--turns must be at least 1")
-    print(json.dumps({"benchmark": "startup", **measure(args.turns)}))
+    if args.turns < 1 or args.warm < 0:
+        parser.error("--turns must be at least 1 and --warm at least 0")
+    print(json.dumps({"benchmark": "startup", **measure(args.turns, args.warm)}))
 
 
 if __name__ == "__main__":

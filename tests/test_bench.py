@@ -135,7 +135,7 @@ def test_embeddings_benchmark_refuses_bad_sizes(capsys: pytest.CaptureFixture, m
 def test_startup_benchmark_times_the_cli_against_importing_torch(capsys: pytest.CaptureFixture, monkeypatch) -> None:  # noqa: ANN001
     from bench.startup import main as startup_main
 
-    monkeypatch.setattr("sys.argv", ["bench.startup", "--turns", "1"])
+    monkeypatch.setattr("sys.argv", ["bench.startup", "--turns", "1", "--warm", "0"])
     startup_main()
     report = json.loads(capsys.readouterr().out)
     assert set(report["median_s"]) == {"python_alone", "import_torch", "help", "version", "config_show", "serve_ready"}
