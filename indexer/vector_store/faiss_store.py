@@ -117,6 +117,11 @@ COPY_STALE_SHARE = 8
 ROW_TABLE_SLACK = 8
 ROW_TABLE_FLOOR = 1 << 20
 SCRATCH_MAX_BYTES = 16 << 20  # the re-rank's reused buffers, at most (64·k = 640 candidates x 768 floats: 2 MB)
+# The queries of a batch are re-ranked this many candidate values (candidates x d) at a time: each step's gather,
+# conversion and product cost a fixed ~0.1 ms of calls besides their work, and a block of 2^18 floats (1 MB: 6
+# queries of 640 candidates at d = 64, 4 of 80 at d = 768) stays in cache. 1,000 queries at 1M x 64: 0.19 -> 0.10 ms
+# a query re-ranked (2^16 values: 0.19; 2^20: 0.12).
+RERANK_BLOCK_VALUES = 1 << 18
 _SEED = 1234
 
 
@@ -359,6 +364,11 @@ class IVFPQStore(IVFFlatStore):
     def _refine(self, copy: faiss.Index | None) -> None:
         # Set on build and load, and by ShardedStore when it copies, maps or re-reads a shard's copy.
         self._refine_copy = copy
+        # The copy's IndexScalarQuantizer, and its codes as a numpy view (None: not made yet): SWIG calls that
+        # cost 20 us a search when made every time. The view is dropped by every change of the copy, which
+        # happens only under the store's write lock, with no search reading it.
+        self._copy_rows_index = None if copy is None else faiss.downcast_index(copy.index)
+        self._copy_codes: np.ndarray | None = None
         self._rows: np.ndarray | None = None
         self._stale_ids: np.ndarray | None = None  # None: not known yet (see `_stale`)
 
@@ -402,6 +412,7 @@ class IVFPQStore(IVFFlatStore):
         first_row = self._refine.ntotal
         self._index.add_with_ids(vectors, ids)
         self._refine.add_with_ids(vectors, ids)
+        self._copy_codes = None  # the codes may have moved
         self._rows = self._extended_rows(ids, first_row)
 
     def _remove_from_index(self, ids: np.ndarray) -> None:
@@ -428,6 +439,7 @@ class IVFPQStore(IVFFlatStore):
 
     def _drop_stale_rows(self, stale: np.ndarray) -> None:
         self._refine.remove_ids(faiss.IDSelectorBatch(stale))
+        self._copy_codes = None
         self._stale_ids = stale[:0]
         self._rows = None  # the copy closed the gaps: every later row moved
 
@@ -487,8 +499,7 @@ class IVFPQStore(IVFFlatStore):
         if table is None:
             out[:] = self._refine.reconstruct_batch(ids)
             return out
-        rows = faiss.downcast_index(self._refine.index)
-        codes = faiss.rev_swig_ptr(rows.codes.data(), rows.ntotal * rows.code_size).reshape(-1, rows.code_size)
+        rows, codes = self._copy_rows_index, self._codes()
         found = table[ids]
         if rows.sq.qtype != faiss.ScalarQuantizer.QT_fp16:
             out[:] = rows.sa_decode(codes[found])
@@ -498,6 +509,15 @@ class IVFPQStore(IVFFlatStore):
         else:
             picked = codes[found]
         return float16_into(picked.view(np.float16), out)
+
+    def _codes(self) -> np.ndarray:
+        """The re-rank copy's codes, (rows, code size) bytes, viewed in place."""
+        codes = self._copy_codes
+        if codes is None:
+            rows = self._copy_rows_index
+            codes = faiss.rev_swig_ptr(rows.codes.data(), rows.ntotal * rows.code_size).reshape(-1, rows.code_size)
+            self._copy_codes = codes
+        return codes
 
     def _scratch(self, name: str, rows: int, width: int, dtype: type) -> np.ndarray:
         """A reused (rows, width) buffer. A search's candidates can be MBs (640 x 768 floats: 2 MB), and a
@@ -514,14 +534,19 @@ class IVFPQStore(IVFFlatStore):
         fetch = k * int(self.params["refine_factor"])
         _, candidates = self._index.search(queries, fetch, params=params)
         scores = np.full(candidates.shape, -np.inf, dtype=np.float32)
-        vectors = self._scratch("vectors", fetch, self.dim, np.float32)
-        # One query at a time, through buffers reused across queries and searches (see `_scratch`).
-        for row, (query, found) in enumerate(zip(queries, candidates)):
-            valid = found >= 0
+        step = max(1, RERANK_BLOCK_VALUES // (fetch * self.dim))
+        # A few queries at a time (RERANK_BLOCK_VALUES), through buffers reused across searches (see `_scratch`).
+        for start in range(0, len(queries), step):
+            block, block_queries = candidates[start : start + step], queries[start : start + step]
+            valid = block >= 0
             if valid.all():
-                np.matmul(self._copy_rows(found, vectors), query, out=scores[row])
-            elif valid.any():
-                scores[row, valid] = self._copy_rows(found[valid], vectors) @ query
+                vectors = self._copy_rows(block.ravel(), self._scratch("vectors", block.size, self.dim, np.float32))
+                product = vectors.reshape(len(block), fetch, self.dim) @ block_queries[:, :, None]
+                scores[start : start + step] = product[:, :, 0]
+            elif valid.any():  # lists shorter than the candidates asked for: the padding (-1) stays unscored
+                row, column = np.nonzero(valid)
+                vectors = self._copy_rows(block[valid], self._scratch("vectors", len(row), self.dim, np.float32))
+                scores[start + row, column] = np.einsum("nd,nd->n", vectors, block_queries[row])
         result = top_k(scores, candidates, k)
         return result.scores, result.ids
 
