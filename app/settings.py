@@ -18,14 +18,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "INTERNVL_SEARCH_"
 API_KEY_SCOPES = ("read", "write", "admin")
+_SECRET_FIELDS = {"api_keys", "database_url", "chat_api_key"}
 
 
 def key_digest(key: str) -> bytes:
     """The SHA-256 digest of an API key: what a `scope:sha256:<hex>` entry holds in place of the key."""
     return hashlib.sha256(key.encode()).digest()
-
-
-_SECRET_FIELDS = {"api_keys", "database_url", "chat_api_key"}
 
 
 class SettingsError(Exception):

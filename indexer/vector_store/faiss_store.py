@@ -367,7 +367,7 @@ class IVFPQStore(IVFFlatStore):
         # The copy's IndexScalarQuantizer, and its codes as a numpy view (None: not made yet): SWIG calls that
         # cost 20 us a search when made every time. The view is dropped by every change of the copy, which
         # happens only under the store's write lock, with no search reading it.
-        self._copy_rows_index = None if copy is None else faiss.downcast_index(copy.index)
+        self._copy_index = None if copy is None else faiss.downcast_index(copy.index)
         self._copy_codes: np.ndarray | None = None
         self._rows: np.ndarray | None = None
         self._stale_ids: np.ndarray | None = None  # None: not known yet (see `_stale`)
@@ -388,7 +388,7 @@ class IVFPQStore(IVFFlatStore):
             index = faiss.IndexIVFPQFastScan(quantizer, self.dim, nlist, m, nbits, faiss.METRIC_INNER_PRODUCT)
             # Codes of the residual to the list's centroid, as plain IndexIVFPQ's are (faiss leaves them off for
             # fast scan because by L2 they need a table per list; by inner product one table serves every list):
-            # same scan cost, recall@10 0.946 -> 0.957 at 1M x 64 power-law data (bench/RESULTS.md).
+            # same scan cost, recall@10 0.943 -> 0.952 at nprobe 384, 1M x 64 power-law data (bench/RESULTS.md).
             index.by_residual = True
         else:
             index = faiss.IndexIVFPQ(quantizer, self.dim, nlist, m, nbits, faiss.METRIC_INNER_PRODUCT)
@@ -499,7 +499,7 @@ class IVFPQStore(IVFFlatStore):
         if table is None:
             out[:] = self._refine.reconstruct_batch(ids)
             return out
-        rows, codes = self._copy_rows_index, self._codes()
+        rows, codes = self._copy_index, self._codes()
         found = table[ids]
         if rows.sq.qtype != faiss.ScalarQuantizer.QT_fp16:
             out[:] = rows.sa_decode(codes[found])
@@ -514,7 +514,7 @@ class IVFPQStore(IVFFlatStore):
         """The re-rank copy's codes, (rows, code size) bytes, viewed in place."""
         codes = self._copy_codes
         if codes is None:
-            rows = self._copy_rows_index
+            rows = self._copy_index
             codes = faiss.rev_swig_ptr(rows.codes.data(), rows.ntotal * rows.code_size).reshape(-1, rows.code_size)
             self._copy_codes = codes
         return codes
