@@ -138,6 +138,10 @@ class QLLaMA(nn.Module):
         # Positions past the longest feature position cannot reach any feature (causal mask): a batch padded to
         # 80 by a caller attends over its longest query only.
         input_ids = input_ids[:, : int(lengths.max())]
+        if bool((lengths == input_ids.shape[1]).all()):
+            # No padding left (one query, or a batch of equal lengths): the padded layout is the packed one, so
+            # the model runs on it as it is, without a Packing's pad and unpad around every layer's attention.
+            return self.encode_text(input_ids)[:, -1]
         keep = torch.arange(input_ids.shape[1], device=input_ids.device)[None, :] < lengths[:, None]  # (B, L)
         embeds = self.model.embed_tokens(input_ids[keep])[None]  # (1, S, D): row after row
         mask = text_attention_mask(input_ids > 0, embeds.dtype)  # the padded batch's (B, 1, L, L) mask

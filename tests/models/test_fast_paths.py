@@ -50,6 +50,23 @@ def test_packed_text_equals_padded_text(model: InternVL, lengths: list[int]) -> 
         torch.testing.assert_close(packed, padded, atol=TOLERANCE, rtol=0)
 
 
+@pytest.mark.parametrize("lengths", [[7], [9, 9, 9]])
+def test_text_without_padding_runs_unpacked_and_exactly_as_padded(
+    model: InternVL, lengths: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One query, or equal lengths cut to the longest: nothing to pack, so no Packing is made (its pad and unpad
+    # around every layer's attention are pure overhead there) and the answer is the padded path's, bit for bit.
+    def no_packing(keep: torch.Tensor) -> None:
+        raise AssertionError(f"a batch without padding was packed: {keep.tolist()}")
+
+    ids, longer = _ids(lengths, max(lengths)), _ids(lengths, 24)  # and padded further, as to the official 80
+    with torch.inference_mode():
+        padded, padded_longer = model.encode_text(ids, packed=False), model.encode_text(longer, packed=False)
+        monkeypatch.setattr("internvl_models.qllama.Packing", no_packing)
+        assert torch.equal(model.encode_text(ids), padded)
+        torch.testing.assert_close(model.encode_text(longer), padded_longer, atol=TOLERANCE, rtol=0)
+
+
 def test_packed_text_with_ids_of_zero_inside_and_a_leading_zero(model: InternVL) -> None:
     ids = _ids([12, 9, 6], 14)
     ids[0, 4] = 0  # a literal <unk> inside a text: masked as padding, and the feature moves one token left
