@@ -557,5 +557,5 @@ class IVFPQStore(IVFFlatStore):
         if "refine" in sections:
             self._refine = faiss.deserialize_index(np.frombuffer(sections["refine"], dtype=np.uint8))
             # Stores saved before the float16 copy re-rank with their 8-bit one: say so in the params.
-            qtype = faiss.downcast_index(self._refine.index).sq.qtype
+            qtype = self._copy_index.sq.qtype
             self.params["refine"] = next(name for name, value in REFINE_TYPES.items() if value == qtype)
