@@ -118,6 +118,8 @@ class ImageTransform:
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         image = to_rgb(image)
+        if 0 in image.size:
+            raise InputError(f"the image has no pixels ({image.size[0]} x {image.size[1]})")
         image = self._resize_and_crop(image)
         pixels = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1).contiguous()
         tensor = pixels.to(torch.float32).div(255)

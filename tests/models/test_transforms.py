@@ -253,6 +253,13 @@ def test_caller_given_mean_and_std() -> None:
     assert not torch.equal(got, classification_transform(32)(image))
 
 
+@pytest.mark.parametrize("size", [(0, 5), (5, 0)])
+def test_an_image_without_pixels_is_refused_clearly(size: tuple[int, int]) -> None:
+    for transform in (retrieval_transform(16), classification_transform(16)):
+        with pytest.raises(InputError, match="no pixels"):
+            transform(Image.new("RGB", size))
+
+
 def test_pipelines_take_any_mode() -> None:
     rgba = Image.new("RGBA", (30, 20), (0, 0, 0, 0))
     out = retrieval_transform(16, mean=(0, 0, 0), std=(1, 1, 1))(rgba)
