@@ -27,6 +27,7 @@ BASELINES = {
     "python_alone": [sys.executable, "-c", "pass"],
     "import_torch": [sys.executable, "-c", "import torch"],
 }
+SERVE_READY_LIMIT_S = 300  # a server that neither answers nor exits stops the benchmark instead of hanging it
 COMMANDS = {
     "help": [CLI, "--help"],
     "version": [CLI, "version"],
@@ -55,6 +56,8 @@ def serve_ready_time() -> float:
             while True:
                 if server.poll() is not None:
                     raise RuntimeError(f"internvl-search serve exited with status {server.returncode}")
+                if time.perf_counter() - start > SERVE_READY_LIMIT_S:
+                    raise RuntimeError(f"internvl-search serve did not answer /healthz in {SERVE_READY_LIMIT_S} s")
                 try:
                     with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as answer:
                         if answer.status == 200:

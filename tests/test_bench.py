@@ -143,6 +143,14 @@ def test_startup_benchmark_times_the_cli_against_importing_torch(capsys: pytest.
     assert set(report["vs_import_torch"]) == {"help", "version", "config_show", "serve_ready"}
 
 
+def test_startup_benchmark_stops_waiting_for_a_server_that_never_answers(monkeypatch) -> None:  # noqa: ANN001
+    import bench.startup
+
+    monkeypatch.setattr(bench.startup, "SERVE_READY_LIMIT_S", 0.0)
+    with pytest.raises(RuntimeError, match="did not answer /healthz"):
+        bench.startup.serve_ready_time()
+
+
 def test_a_load_spread_over_client_processes_is_summarised_as_one() -> None:
     """bench.api's clients run in two processes; their samples are pooled: percentiles over every answer, requests/s
     over the longest part's wall time, failures added up."""
