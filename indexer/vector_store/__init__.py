@@ -112,7 +112,7 @@ def list_vector_store_kinds() -> list[str]:
 
 
 def resolve_kind(kind: str, n: int, dim: int) -> str:
-    """The concrete kind `kind` means for a collection of n vectors of `dim` ("auto": flat < 50k <= hnsw < 2M <=
+    """The concrete kind `kind` means for a collection of n vectors of `dim` ("auto": flat < 50k <= hnsw < 1M <=
     ivf_pq, and ivf_pq from 300k on for vectors of 512 dimensions or more)."""
     if kind != "auto" and kind not in _KINDS:
         raise InvalidInput(f"Unknown index kind {kind!r}. Available: {['auto', *_KINDS]}")

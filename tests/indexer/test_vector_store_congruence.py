@@ -294,14 +294,14 @@ def test_rebuild_from_embeddings(data, kind: str, tmp_path: Path) -> None:
 
 
 def test_auto_kind_by_size() -> None:
-    assert [resolve_kind("auto", n, 64) for n in (0, 49_999, 50_000, 1_999_999, 2_000_000)] == [
+    assert [resolve_kind("auto", n, 64) for n in (0, 49_999, 50_000, 999_999, 1_000_000)] == [
         "flat",
         "flat",
         "hnsw",
         "hnsw",
         "ivf_pq",
     ]
-    # Vectors of 512 dimensions or more (every encoder's) leave the graph for IVF-PQ at 300k instead of 2M.
+    # Vectors of 512 dimensions or more (every encoder's) leave the graph for IVF-PQ at 300k instead of 1M.
     assert [resolve_kind("auto", n, 768) for n in (49_999, 50_000, 299_999, 300_000)] == [
         "flat",
         "hnsw",
